@@ -1,0 +1,87 @@
+/*
+ * xentc C API: fused log-sum-exp / cross-entropy row kernels.
+ *
+ * The core knows nothing about Python. The caller describes a batch of rows
+ * (classes contiguous within a row, any row stride) in one `xentc_rows`
+ * struct and calls the entry point for its dtype. Each row is read from
+ * memory once; an optional second pass over the same row (from cache) writes
+ * log_softmax, softmax or the loss gradient.
+ */
+#ifndef XENTC_H
+#define XENTC_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    XENTC_OK = 0,
+    XENTC_ERR_TARGET = 1, /* a target outside [0, n_classes) that is not ignore_index */
+    XENTC_ERR_ARG = 2,    /* inconsistent arguments (caller bug) */
+    XENTC_ERR_ISA = 3     /* requested ISA not compiled in or not supported by this CPU */
+} xentc_status;
+
+/* What the second pass over a row writes into `out` (one value per logit). */
+typedef enum {
+    XENTC_OUT_NONE = 0,
+    XENTC_OUT_LOG_SOFTMAX = 1,
+    XENTC_OUT_SOFTMAX = 2,
+    XENTC_OUT_GRAD = 3 /* d loss / d logits, scaled (see grad_scale) */
+} xentc_out_kind;
+
+/*
+ * One batch of rows. Pointers to floating data all have the entry point's
+ * dtype. Strides are in elements. Unused pointers are NULL.
+ *
+ * Row loss (class targets y, smoothing e, weights w, W = sum(w), C classes):
+ *   (1 - e) * w[y] * (lse - x[y]) + (e / C) * sum_c w[c] * (lse - x[c])
+ * and 0 where y == ignore_index. Soft targets q (one row per logit row):
+ *   sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c]).
+ * With neither target nor soft, only lse (and `out`) are produced.
+ */
+typedef struct {
+    int64_t n_rows;
+    int64_t n_classes;
+    const void *x;
+    int64_t x_stride;
+    const int64_t *target;
+    const void *soft;
+    int64_t soft_stride;
+    const void *weight; /* n_classes values, NULL = all ones */
+    int64_t ignore_index;
+    double label_smoothing;
+    void *loss; /* n_rows values or NULL */
+    void *lse;  /* n_rows values or NULL */
+    int out_kind;
+    void *out; /* may alias x (in-place) when out_stride == x_stride */
+    int64_t out_stride;
+    /* XENTC_OUT_GRAD: row i's gradient is multiplied by
+       grad_scale * (grad_row_scale ? grad_row_scale[i] : 1). */
+    double grad_scale;
+    const void *grad_row_scale;
+} xentc_rows;
+
+/* Run every row, spread over n_threads (<= 0: OpenMP's default). On
+   XENTC_ERR_TARGET, *bad_row is set to one offending row and no row with a
+   bad target has been read. */
+int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row);
+int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row);
+
+/* Build configuration and run-time dispatch. */
+int xentc_openmp_enabled(void);
+int xentc_default_threads(void);
+const char *xentc_compiled_isas(void); /* comma-separated, lowest first */
+const char *xentc_isa(void);           /* the ISA in use */
+/* Use the named ISA ("baseline", "avx2", "avx512"); NULL or "" = best. */
+int xentc_set_isa(const char *name);
+
+/* The vectorized exp of the active ISA, for inputs <= 0 (testing aid). */
+void xentc_exp_f32(const float *in, float *out, int64_t n);
+void xentc_exp_f64(const double *in, double *out, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,342 @@
+"""Public functions: validation and torch's semantics, namespace in -> namespace out.
+
+Layers, each with one job, so that a new array library or device only ever
+touches the layer below this one:
+
+1. API (this module): check arguments, move the class axis last and flatten
+   to (rows, classes), apply weights / ignore_index / smoothing / reduction,
+   and give results back in the caller's namespace and shape.
+2. Dispatch (``_dispatch``): pick the engine for (namespace, device), cached.
+3. Engine (``_engines``): adapt arrays and compute per-row loss / log-sum-exp
+   / log_softmax / softmax / gradient, all with one signature.
+4. Kernel (``src/``, via ``_core``): the fused, vectorized, threaded rows.
+
+The per-row work is O(rows * classes) and lives in the engines; everything
+here is O(rows) or a reshape, written once with the array API.
+"""
+import math
+import operator
+
+from array_api_compat import array_namespace
+
+from . import _dispatch
+
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+def _class_axis(ndim, axis):
+    """Normalize `axis` (None: torch's class dim, 1, or 0 for 1-D input)."""
+    if ndim == 0:
+        raise ValueError("`input` must have at least one dimension (the classes)")
+    if axis is None:
+        return 0 if ndim == 1 else 1
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"`axis` must be an integer, got {axis!r}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"`axis` {axis} is out of range for input with {ndim} dimensions")
+    return axis % ndim
+
+
+def _check_floating(xp, a, what):
+    if not xp.isdtype(a.dtype, "real floating"):
+        raise TypeError(f"`{what}` must be a real floating-point array, got dtype {a.dtype}")
+
+
+def _n_threads(n_threads):
+    if n_threads is None:
+        return None
+    try:
+        n = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(f"`n_threads` must be an integer or None, got {n_threads!r}") from None
+    if n < 1:
+        raise ValueError(f"`n_threads` must be >= 1, got {n}")
+    return n
+
+
+def _as_rows(xp, a, axis):
+    """(rows, classes) view of `a` with `axis` last (a copy only if needed)."""
+    a = xp.moveaxis(a, axis, -1)
+    lead_shape = tuple(a.shape[:-1])
+    return xp.reshape(a, (math.prod(lead_shape), a.shape[-1])), lead_shape
+
+
+def _from_rows(xp, r, lead_shape, axis):
+    """Inverse of _as_rows for an (rows, classes) result."""
+    return xp.moveaxis(xp.reshape(r, lead_shape + (r.shape[-1],)), -1, axis)
+
+
+def _weight(xp, weight, n_classes, dtype):
+    if weight is None:
+        return None
+    _check_floating(xp, weight, "weight")
+    if weight.ndim != 1 or weight.shape[0] != n_classes:
+        raise ValueError(f"`weight` must have shape ({n_classes},) for {n_classes} "
+                         f"classes, got {tuple(weight.shape)}")
+    return xp.astype(weight, dtype, copy=False)
+
+
+def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
+    """Validated int64 (rows,) targets."""
+    if not xp.isdtype(target.dtype, "integral"):
+        raise TypeError(f"`target` must hold integer class indices or floating "
+                        f"class probabilities, got dtype {target.dtype}")
+    if tuple(target.shape) != lead_shape:
+        raise ValueError(f"`target` shape {tuple(target.shape)} does not match input: "
+                         f"expected {lead_shape} (input shape without the class axis)")
+    t = xp.reshape(xp.astype(target, xp.int64, copy=False), (-1,))
+    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    if bool(xp.any(bad)):
+        value = int(t[bad][0])
+        raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
+    return t
+
+
+def _reduce(xp, loss, reduction, lead_shape, denominator):
+    if reduction == "none":
+        return xp.reshape(loss, lead_shape)
+    total = xp.sum(loss)
+    if reduction == "sum":
+        return total
+    return total / denominator
+
+
+def _check_common(reduction, n_threads):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
+    return _n_threads(n_threads)
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, *, axis=None, n_threads=None, backend="auto"):
+    """Cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
+
+    Parameters
+    ----------
+    input : array
+        Unnormalized logits, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``
+        (classes on `axis`). float32 or float64.
+    target : array
+        Class indices (any integer dtype) of shape `input` without the class
+        axis, or class probabilities of the same shape as `input`.
+    weight : array, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+        Class-index target value that contributes neither loss nor weight.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides by the summed weight of the non-ignored targets
+        (the number of elements for probability targets), as torch does.
+    label_smoothing : float, default 0.0
+        In ``[0, 1]``: mix the target with the uniform distribution.
+    axis : int, optional
+        The class axis; default torch's (1, or 0 for 1-D input). ``axis=-1``
+        takes ``(B, T, V)`` language-model logits directly.
+    n_threads : int, optional
+        Threads of the C core; default all cores (OpenMP's limit, which
+        threadpoolctl and ``OMP_NUM_THREADS`` set). Results do not depend on it.
+    backend : {"auto", "cpu", "generic"}, default "auto"
+        Engine: the C core for CPU arrays, else the array-API engine.
+
+    Returns
+    -------
+    array
+        The loss in `input`'s namespace and dtype: a 0-d value, or the
+        per-element losses of shape `input` without the class axis for
+        ``reduction="none"``.
+
+    Raises
+    ------
+    IndexError
+        A class target outside ``[0, C)`` that is not `ignore_index`.
+    ValueError, TypeError
+        Any other inconsistent argument, naming it.
+
+    Examples
+    --------
+    >>> import numpy as np, xentc
+    >>> x = np.array([[0.2, 0.3, 0.5], [0.5, 0.2, 0.3]], np.float32)
+    >>> float(xentc.cross_entropy(x, np.array([2, 1]), np.array([2., 4., 6.], np.float32)))
+    1.059831...
+    """
+    xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
+    n_threads = _check_common(reduction, n_threads)
+    _check_floating(xp, input, "input")
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
+    ax = _class_axis(input.ndim, axis)
+    x, lead_shape = _as_rows(xp, input, ax)
+    n_classes = x.shape[1]
+    if n_classes == 0:
+        raise ValueError("`input` has an empty class axis (0 classes)")
+    w = _weight(xp, weight, n_classes, input.dtype)
+    engine = _dispatch.engine_for(xp, input, backend)
+    if xp.isdtype(target.dtype, "real floating"):
+        if tuple(target.shape) != tuple(input.shape):
+            raise ValueError(f"`target` of class probabilities must have the input's shape "
+                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+        if ignore_index >= 0:
+            raise ValueError("`ignore_index` is not supported with class-probability targets")
+        soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
+        loss, _, _ = engine.rows(xp, x, soft=soft, weight=w, label_smoothing=label_smoothing,
+                                 n_threads=n_threads)
+        return _reduce(xp, loss, reduction, lead_shape, x.shape[0] if x.shape[0] else math.nan)
+    t = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
+    loss, _, _ = engine.rows(xp, x, target=t, weight=w, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, n_threads=n_threads)
+    if reduction != "mean":
+        return _reduce(xp, loss, reduction, lead_shape, None)
+    return _reduce(xp, loss, reduction, lead_shape,
+                   _mean_denominator(xp, t, w, ignore_index, input.dtype))
+
+
+def _mean_denominator(xp, t, w, ignore_index, dtype):
+    """Sum of the target weights over non-ignored elements (their count if unweighted)."""
+    keep = t != ignore_index
+    if w is None:
+        return xp.sum(xp.astype(keep, dtype))
+    w_y = xp.take(w, xp.where(keep, t, xp.zeros_like(t)))
+    return xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y)))
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, axis=None):
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
+
+    Parameters
+    ----------
+    input : array
+        Log-probabilities, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``.
+    target : array
+        Class indices of shape `input` without the class axis.
+    weight : array, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+        Target value that contributes neither loss nor weight.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides by the summed weight of the non-ignored targets.
+    axis : int, optional
+        The class axis; default torch's (1, or 0 for 1-D input).
+
+    Returns
+    -------
+    array
+        ``-weight[target] * input[target]``, reduced, in `input`'s namespace.
+
+    Notes
+    -----
+    The work is one gather per element, so it runs in the caller's namespace
+    directly rather than through an engine.
+    """
+    xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
+    _check_common(reduction, None)
+    _check_floating(xp, input, "input")
+    ax = _class_axis(input.ndim, axis)
+    x, lead_shape = _as_rows(xp, input, ax)
+    n_classes = x.shape[1]
+    if n_classes == 0:
+        raise ValueError("`input` has an empty class axis (0 classes)")
+    w = _weight(xp, weight, n_classes, input.dtype)
+    t = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
+    keep = t != ignore_index
+    safe = xp.where(keep, t, xp.zeros_like(t))
+    picked = -xp.take_along_axis(x, safe[:, None], axis=1)[:, 0]
+    if w is not None:
+        picked = picked * xp.take(w, safe)
+    loss = xp.where(keep, picked, xp.zeros_like(picked))
+    denominator = _mean_denominator(xp, t, w, ignore_index, input.dtype) if reduction == "mean" else None
+    return _reduce(xp, loss, reduction, lead_shape, denominator)
+
+
+def _normalize(x, axis, out_kind, n_threads, backend):
+    """log_softmax / softmax along `axis` through the engine's second pass."""
+    xp = array_namespace(x)
+    n_threads = _n_threads(n_threads)
+    _check_floating(xp, x, "x")
+    ax = _class_axis(x.ndim, -1 if axis is None else axis)
+    rows, lead_shape = _as_rows(xp, x, ax)
+    engine = _dispatch.engine_for(xp, x, backend)
+    if rows.shape[1] == 0:
+        return xp.empty_like(x)
+    _, _, out = engine.rows(xp, rows, want_loss=False, out_kind=out_kind, n_threads=n_threads)
+    return _from_rows(xp, out, lead_shape, ax)
+
+
+def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
+    """Logarithm of softmax along `axis`, computed as ``x - max - log(sum(exp(x - max)))``.
+
+    Parameters
+    ----------
+    x : array
+        Floating-point input of any shape.
+    axis : int, default -1
+        The axis to normalize over.
+    n_threads : int, optional
+        Threads of the C core; default all cores.
+    backend : {"auto", "cpu", "generic"}, default "auto"
+        Engine, as for `cross_entropy`.
+
+    Returns
+    -------
+    array
+        Same namespace, shape and dtype as `x`.
+    """
+    return _normalize(x, axis, "log_softmax", n_threads, backend)
+
+
+def softmax(x, axis=-1, *, n_threads=None, backend="auto"):
+    """Softmax along `axis`, computed without overflow for any finite input.
+
+    Parameters
+    ----------
+    x : array
+        Floating-point input of any shape.
+    axis : int, default -1
+        The axis to normalize over.
+    n_threads : int, optional
+        Threads of the C core; default all cores.
+    backend : {"auto", "cpu", "generic"}, default "auto"
+        Engine, as for `cross_entropy`.
+
+    Returns
+    -------
+    array
+        Same namespace, shape and dtype as `x`; sums to one along `axis`.
+    """
+    return _normalize(x, axis, "softmax", n_threads, backend)
+
+
+def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
+    """``log(sum(exp(x), axis))`` without overflow, as ``scipy.special.logsumexp``.
+
+    Parameters
+    ----------
+    x : array
+        Floating-point input of any shape (at least one dimension).
+    axis : int, default -1
+        The axis to reduce.
+    keepdims : bool, default False
+        Keep the reduced axis with length one.
+    n_threads : int, optional
+        Threads of the C core; default all cores.
+    backend : {"auto", "cpu", "generic"}, default "auto"
+        Engine, as for `cross_entropy`.
+
+    Returns
+    -------
+    array
+        Same namespace and dtype as `x`, the shape of `x` without `axis`.
+    """
+    xp = array_namespace(x)
+    n_threads = _n_threads(n_threads)
+    _check_floating(xp, x, "x")
+    ax = _class_axis(x.ndim, axis)
+    rows, lead_shape = _as_rows(xp, x, ax)
+    engine = _dispatch.engine_for(xp, x, backend)
+    if rows.shape[1] == 0:  # the log of an empty sum, as scipy.special.logsumexp
+        lse = xp.full(lead_shape, -math.inf, dtype=x.dtype)
+    else:
+        _, lse, _ = engine.rows(xp, rows, want_loss=False, want_lse=True, n_threads=n_threads)
+        lse = xp.reshape(lse, lead_shape)
+    return xp.expand_dims(lse, axis=ax) if keepdims else lse

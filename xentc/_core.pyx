@@ -1,0 +1,175 @@
+# cython: language_level=3
+"""Thin adapter over the C core: typed memoryviews in, GIL released, status -> exception.
+
+Only the CPU engine (``xentc._engines.cpu``) calls this module; it has already
+validated arguments and arranged every array as the C API expects (rows with
+contiguous classes, int64 targets, weights in the logits' dtype).
+"""
+from libc.stdint cimport int64_t
+from cython cimport floating
+
+
+cdef extern from "xentc.h" nogil:
+    ctypedef struct xentc_rows:
+        int64_t n_rows
+        int64_t n_classes
+        const void *x
+        int64_t x_stride
+        const int64_t *target
+        const void *soft
+        int64_t soft_stride
+        const void *weight
+        int64_t ignore_index
+        double label_smoothing
+        void *loss
+        void *lse
+        int out_kind
+        void *out
+        int64_t out_stride
+        double grad_scale
+        const void *grad_row_scale
+
+    int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA
+    int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+    int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+    int xentc_openmp_enabled()
+    int xentc_default_threads()
+    const char *xentc_compiled_isas()
+    const char *xentc_isa()
+    int xentc_set_isa(const char *name)
+    void xentc_exp_f32(const float *inp, float *out, int64_t n)
+    void xentc_exp_f64(const double *inp, double *out, int64_t n)
+
+
+OUT_NONE, OUT_LOG_SOFTMAX, OUT_SOFTMAX, OUT_GRAD = 0, 1, 2, 3
+
+
+cdef int64_t _row_stride(const char *name, Py_ssize_t[:] strides, Py_ssize_t itemsize) except -1:
+    if strides[1] != itemsize:
+        raise ValueError(f"{name} must have contiguous classes")
+    if strides[0] % itemsize:
+        raise ValueError(f"{name} row stride is not a multiple of its itemsize")
+    return strides[0] // itemsize
+
+
+def rows(const floating[:, :] x, const int64_t[::1] target=None,
+         const floating[:, :] soft=None, const floating[::1] weight=None,
+         int64_t ignore_index=-100, double label_smoothing=0.0,
+         floating[::1] loss=None, floating[::1] lse=None,
+         int out_kind=OUT_NONE, floating[:, :] out=None,
+         double grad_scale=1.0, const floating[::1] grad_row_scale=None,
+         int n_threads=0):
+    """Run the fused row kernel over every row of `x`; see ``xentc_rows`` in xentc.h.
+
+    Outputs are written into the given arrays. Raises IndexError for a
+    target outside ``[0, C)`` that is not `ignore_index`.
+    """
+    cdef xentc_rows r
+    cdef int64_t n = x.shape[0], c = x.shape[1], bad = -1
+    cdef Py_ssize_t item = sizeof(floating)
+    cdef int status
+    r.n_rows = n
+    r.n_classes = c
+    r.x = &x[0, 0] if n > 0 and c > 0 else NULL
+    r.x_stride = _row_stride("input", x.strides, item) if n > 0 and c > 1 else c
+    r.target = NULL
+    r.soft = NULL
+    r.soft_stride = 0
+    r.weight = NULL
+    r.ignore_index = ignore_index
+    r.label_smoothing = label_smoothing
+    r.loss = NULL
+    r.lse = NULL
+    r.out_kind = out_kind
+    r.out = NULL
+    r.out_stride = 0
+    r.grad_scale = grad_scale
+    r.grad_row_scale = NULL
+    if target is not None:
+        if target.shape[0] != n:
+            raise ValueError("target length does not match the rows of input")
+        if n > 0:
+            r.target = &target[0]
+    if soft is not None:
+        if soft.shape[0] != n or soft.shape[1] != c:
+            raise ValueError("soft target shape does not match input")
+        if n > 0:
+            r.soft = &soft[0, 0]
+            r.soft_stride = _row_stride("target", soft.strides, item) if c > 1 else c
+    if weight is not None:
+        if weight.shape[0] != c:
+            raise ValueError("weight length does not match the number of classes")
+        r.weight = &weight[0]
+    if loss is not None:
+        if loss.shape[0] != n:
+            raise ValueError("loss buffer has the wrong length")
+        if n > 0:
+            r.loss = &loss[0]
+    if lse is not None:
+        if lse.shape[0] != n:
+            raise ValueError("lse buffer has the wrong length")
+        if n > 0:
+            r.lse = &lse[0]
+    if out_kind != OUT_NONE:
+        if out is None or out.shape[0] != n or out.shape[1] != c:
+            raise ValueError("out buffer has the wrong shape")
+        if n > 0:
+            r.out = &out[0, 0]
+            r.out_stride = _row_stride("out", out.strides, item) if c > 1 else c
+    if grad_row_scale is not None:
+        if grad_row_scale.shape[0] != n:
+            raise ValueError("grad_output has the wrong length")
+        if n > 0:
+            r.grad_row_scale = &grad_row_scale[0]
+    with nogil:
+        if floating is float:
+            status = xentc_rows_f32(&r, n_threads, &bad)
+        else:
+            status = xentc_rows_f64(&r, n_threads, &bad)
+    if status == XENTC_ERR_TARGET:
+        raise IndexError(f"`target` value {target[bad]} out of range for {c} classes")
+    if status != XENTC_OK:
+        raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+
+
+def exp(const floating[::1] a):
+    """Vectorized exp of the active ISA (inputs must be <= 0); returns a new array."""
+    import numpy as np
+    res = np.empty(a.shape[0], dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] out = res
+    if a.shape[0] == 0:
+        return res
+    with nogil:
+        if floating is float:
+            xentc_exp_f32(&a[0], &out[0], a.shape[0])
+        else:
+            xentc_exp_f64(&a[0], &out[0], a.shape[0])
+    return res
+
+
+def openmp_enabled():
+    """Whether the C core was compiled with OpenMP."""
+    return bool(xentc_openmp_enabled())
+
+
+def default_threads():
+    """Threads a call uses when n_threads is not given (OpenMP's current limit)."""
+    return xentc_default_threads()
+
+
+def compiled_isas():
+    """Instruction sets the row kernel was compiled for, lowest first."""
+    return xentc_compiled_isas().decode().split(",")
+
+
+def get_isa():
+    """The instruction set in use."""
+    return xentc_isa().decode()
+
+
+def set_isa(name=None):
+    """Use the named ISA (one of compiled_isas() that this CPU runs); None = best."""
+    cdef bytes b = b"" if name is None else str(name).encode()
+    if xentc_set_isa(b) != XENTC_OK:
+        raise ValueError(f"ISA {name!r} is not compiled in or not supported by this CPU "
+                         f"(compiled: {', '.join(compiled_isas())})")

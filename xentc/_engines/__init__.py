@@ -1,0 +1,28 @@
+"""Engines: the code that computes the per-row quantities of a batch.
+
+Every engine exposes the same call, so the API layer is written once::
+
+    engine.rows(xp, x, *, target=None, soft=None, weight=None,
+                ignore_index=-100, label_smoothing=0.0, want_loss=True,
+                want_lse=False, out_kind="none", grad_scale=1.0,
+                grad_row_scale=None, out=None, n_threads=None)
+        -> (loss, lse, out)
+
+``x`` is an (M, C) array of namespace ``xp`` (classes on the last axis),
+``target`` (M,) int64 class indices already checked to lie in ``[0, C)`` or
+equal ``ignore_index``, ``soft`` (M, C) class probabilities, ``weight`` (C,)
+in x's dtype. Per row (``lse`` = log-sum-exp of the row, ``e`` =
+label_smoothing, ``w`` = weight or ones)::
+
+    loss = (1 - e) * w[y] * (lse - x[y]) + e / C * sum_c w[c] * (lse - x[c])
+    loss = 0                                          where y == ignore_index
+    loss = sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c])  (soft q)
+
+``out_kind`` asks for a second (M, C) result: "log_softmax", "softmax" or
+"grad" (the gradient of ``grad_scale * grad_row_scale[i] * loss[i]`` with
+respect to x; rows with ``y == ignore_index`` are zero). ``out`` may be given
+as the destination, including ``x`` itself. Results are in ``xp`` with x's
+dtype; entries not asked for are None.
+"""
+
+OUT_KINDS = ("none", "log_softmax", "softmax", "grad")
