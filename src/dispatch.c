@@ -4,8 +4,8 @@
  * Layers (see also xentc/_api.py): Python API (validation, semantics) ->
  * engine choice -> Cython adapter -> this file -> one row kernel. The split
  * keeps each ISA-specific translation unit down to "process one row": the
- * CPU feature test, the table of kernel pointers, the OpenMP loop over rows
- * and the target bounds check live here once, so adding an ISA or a dtype
+ * CPU feature test, the table of kernel pointers, the OpenMP loop over chunks of
+ * rows and the target bounds check live here once, so adding an ISA or a dtype
  * never touches the parallel or safety logic.
  *
  * Determinism: each row is computed by one thread with a fixed order of
@@ -25,7 +25,7 @@
 typedef struct {
     const char *name;
     int (*supported)(void);
-    xentc_row_fn row_f32, row_f64;
+    xentc_rows_fn rows_f32, rows_f64;
     xentc_exp_fn exp_f32, exp_f64;
 } isa_entry;
 
@@ -49,7 +49,7 @@ static int has_avx512(void)
 #endif
 
 #define ISA(name, test)                                                        \
-    {#name, test, xentc_row_f32_##name, xentc_row_f64_##name,                   \
+    {#name, test, xentc_rows_f32_##name, xentc_rows_f64_##name,                   \
      xentc_exp_f32_##name, xentc_exp_f64_##name}
 
 /* Lowest first; the best supported one is chosen. */
@@ -148,39 +148,40 @@ int xentc_default_threads(void)
 #endif
 }
 
-/* Rows per thread below which starting a parallel region costs more than it
-   saves (about 64 KiB of logits). */
-#define MIN_ELEMENTS_PER_THREAD ((int64_t)16384)
+/* Elements (logits) per unit of work: about 64 KiB of float32, enough to
+   amortize a parallel region and the per-call set-up of a short-row batch. */
+#define CHUNK_ELEMENTS ((int64_t)16384)
 
-static int thread_count(int requested, int64_t n_rows, int64_t n_classes)
+static int thread_count(int requested, int64_t n_chunks)
 {
     int nt = requested > 0 ? requested : xentc_default_threads();
     if (forked_child)
         nt = 1;
-    int64_t by_work = (n_rows * n_classes) / MIN_ELEMENTS_PER_THREAD;
-    if (by_work < nt)
-        nt = by_work > 1 ? (int)by_work : 1;
-    if (n_rows < nt)
-        nt = n_rows > 1 ? (int)n_rows : 1;
+    if (n_chunks < nt)
+        nt = n_chunks > 1 ? (int)n_chunks : 1;
     return nt;
 }
 
-static inline void one_row(const xentc_rows *r, int64_t i, xentc_row_fn fn, int64_t *bad)
+/* Check the chunk's targets before any row of it is read; a chunk with a bad
+   target is skipped whole (the call fails anyway). */
+static inline void run_chunk(const xentc_rows *r, int64_t i0, int64_t i1, xentc_rows_fn fn,
+                             int64_t *bad)
 {
-    if (r->target) {
-        const int64_t y = r->target[i];
-        if (y != r->ignore_index && (y < 0 || y >= r->n_classes)) {
+    if (r->target)
+        for (int64_t i = i0; i < i1; i++) {
+            const int64_t y = r->target[i];
+            if (y != r->ignore_index && (y < 0 || y >= r->n_classes)) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
-            *bad = i;
-            return;
+                *bad = i;
+                return;
+            }
         }
-    }
-    fn(r, i);
+    fn(r, i0, i1);
 }
 
-static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_row_fn fn)
+static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_rows_fn fn)
 {
     if (!r || r->n_rows < 0 || r->n_classes < 1 || (r->n_rows > 0 && !r->x) ||
         (r->target && r->soft) || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
@@ -188,17 +189,21 @@ static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_
         return XENTC_ERR_ARG;
     int64_t bad = -1;
     const int64_t n = r->n_rows;
-    const int nt = thread_count(n_threads, n, r->n_classes);
+    const int64_t rows_per_chunk = r->n_classes >= CHUNK_ELEMENTS ? 1 : CHUNK_ELEMENTS / r->n_classes;
+    const int64_t n_chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+    const int nt = thread_count(n_threads, n_chunks);
     if (nt > 1) {
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) schedule(static)
 #endif
-        for (int64_t i = 0; i < n; i++)
-            one_row(r, i, fn, &bad);
+        for (int64_t k = 0; k < n_chunks; k++)
+            run_chunk(r, k * rows_per_chunk, (k + 1) * rows_per_chunk < n ? (k + 1) * rows_per_chunk : n,
+                      fn, &bad);
     } else {
         /* No OpenMP call at all: also the path of a forked child. */
-        for (int64_t i = 0; i < n; i++)
-            one_row(r, i, fn, &bad);
+        for (int64_t k = 0; k < n_chunks; k++)
+            run_chunk(r, k * rows_per_chunk, (k + 1) * rows_per_chunk < n ? (k + 1) * rows_per_chunk : n,
+                      fn, &bad);
     }
     if (bad >= 0) {
         if (bad_row)
@@ -210,12 +215,12 @@ static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_
 
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
-    return run_rows(rows, n_threads, bad_row, get_active()->row_f32);
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f32);
 }
 
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
-    return run_rows(rows, n_threads, bad_row, get_active()->row_f64);
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f64);
 }
 
 void xentc_exp_f32(const float *in, float *out, int64_t n) { get_active()->exp_f32(in, out, n); }

@@ -33,8 +33,20 @@ static inline VT XENTC_FN(load)(const TYPE *p)
 static inline VT XENTC_FN(load_part)(const TYPE *p, int64_t n)
 {
     VT v = {0};
-    memcpy(&v, p, (size_t)n * sizeof(TYPE));
+    for (int64_t k = 0; k < n; k++) /* lane inserts: no call to memcpy */
+        v[k] = p[k];
     return v;
+}
+
+/* Store lanes [0, n) of v to p. */
+static inline void XENTC_FN(store_part)(TYPE *p, VT v, int64_t n)
+{
+    if (n == NL) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
+    for (int64_t k = 0; k < n; k++)
+        p[k] = v[k];
 }
 
 static inline VT XENTC_FN(sel)(VIT mask, VT a, VT b)
@@ -56,24 +68,40 @@ static inline double XENTC_FN(hsum)(VT v)
     return s;
 }
 
-/* exp(d) for d <= 0 (NaN propagates; below EXP_LO the result is clamped to
-   exp(EXP_LO), which is below half an ulp of any sum it is added to). */
-static inline VT XENTC_FN(vexp)(VT d)
+/* exp(d[0..n)) in place, for d <= 0 (NaN propagates; below EXP_LO the
+   result is clamped to exp(EXP_LO), which is below half an ulp of any sum it
+   is added to). Called with a constant n: the n independent dependency
+   chains are interleaved stage by stage, which keeps the FMA pipes busy where
+   one chain would leave them waiting on latency. */
+static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
 {
     const VT lo = XENTC_FN(splat)(EXP_LO);
     const VT shift = XENTC_FN(splat)(EXP_SHIFT);
-    d = XENTC_FN(sel)(d < lo, lo, d);
-    VT t = d * (TYPE)1.44269504088896340736 + shift; /* round(d / ln2) */
-    VT k = t - shift;
-    VT r = d - k * LN2_HI;
-    r = r - k * LN2_LO;
+    VT t[4], k[4], r[4], p[4];
+    for (int u = 0; u < n; u++) {
+        d[u] = XENTC_FN(sel)(d[u] < lo, lo, d[u]);
+        t[u] = d[u] * (TYPE)1.44269504088896340736 + shift; /* round(d / ln2) */
+    }
+    for (int u = 0; u < n; u++) {
+        k[u] = t[u] - shift;
+        r[u] = d[u] - k[u] * LN2_HI;
+        r[u] = r[u] - k[u] * LN2_LO;
+        p[u] = XENTC_FN(splat)((TYPE)xentc_inv_factorial[EXP_DEGREE]);
+    }
     /* Horner on the Taylor coefficients 1/j!, j = EXP_DEGREE..0 */
-    VT p = XENTC_FN(splat)((TYPE)xentc_inv_factorial[EXP_DEGREE]);
     for (int j = EXP_DEGREE - 1; j >= 0; j--)
-        p = p * r + (TYPE)xentc_inv_factorial[j];
-    VIT ki = (VIT)t - (VIT)shift;
-    VIT bits = (ki + EXP_BIAS) << EXP_MANT; /* 2^k, k >= EXP_LO / ln2 */
-    return p * (VT)bits;
+        for (int u = 0; u < n; u++)
+            p[u] = p[u] * r[u] + (TYPE)xentc_inv_factorial[j];
+    for (int u = 0; u < n; u++) {
+        VIT bits = (((VIT)t[u] - (VIT)shift) + EXP_BIAS) << EXP_MANT; /* 2^k */
+        d[u] = p[u] * (VT)bits;
+    }
+}
+
+static inline VT XENTC_FN(vexp)(VT d)
+{
+    XENTC_FN(vexp_n)(&d, 1);
+    return d;
 }
 
 void XENTC_FN(xentc_exp)(const void *in, void *out, int64_t n)
@@ -82,8 +110,7 @@ void XENTC_FN(xentc_exp)(const void *in, void *out, int64_t n)
     TYPE *b = (TYPE *)out;
     for (int64_t j = 0; j < n; j += NL) {
         int64_t len = n - j < NL ? n - j : NL;
-        VT v = XENTC_FN(vexp)(XENTC_FN(load_part)(a + j, len));
-        memcpy(b + j, &v, (size_t)len * sizeof(TYPE));
+        XENTC_FN(store_part)(b + j, XENTC_FN(vexp)(XENTC_FN(load_part)(a + j, len)), len);
     }
 }
 
@@ -135,7 +162,24 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
     VT lane = {0};
     for (int64_t k = 0; k < NL; k++)
         lane[k] = (TYPE)k;
-    for (int64_t j = 0; j < n; j += NL) {
+    int64_t j = 0;
+    if (!lin) { /* the common case: four vectors at a time, no masks */
+        VT s4[4] = {{0}};
+        for (; j + 4 * NL <= n; j += 4 * NL) {
+            VT d[4];
+            /* Pull the next block towards L1 while this one is in the FMA
+               units, so its max sweep does not wait on memory. */
+            for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
+                __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
+            for (int u = 0; u < 4; u++)
+                d[u] = XENTC_FN(load)(x + j + u * NL) - vm;
+            XENTC_FN(vexp_n)(d, 4);
+            for (int u = 0; u < 4; u++)
+                s4[u] += d[u];
+        }
+        s += (s4[0] + s4[1]) + (s4[2] + s4[3]);
+    }
+    for (; j < n; j += NL) {
         const int64_t len = n - j < NL ? n - j : NL;
         VT d;
         VIT live;
@@ -160,53 +204,120 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
     }
 }
 
-/* Second pass over row x (from cache): out = f(x - m), see xentc_out_kind. */
-static void XENTC_FN(second_pass)(const xentc_rows *r, const TYPE *x, TYPE *out,
-                                  const TYPE *w, const TYPE *q, TYPE m, TYPE ls,
-                                  TYPE alpha, TYPE beta, TYPE qa, TYPE qb)
+/* What a row needs after its sums: scalars shared by both row paths. */
+typedef struct {
+    const TYPE *x, *w, *q; /* q: coefficient source of the linear sums */
+    TYPE *out;
+    int64_t y;      /* target, -1 without class targets */
+    TYPE qa, qb;    /* soft coefficient: w * (qa * q + qb) */
+    int lin;        /* the linear sums are needed */
+    double alpha, beta, gamma; /* grad: alpha * p_c - beta * coef_c - gamma * [c == y] */
+} XENTC_FN(row_ctx);
+
+static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
+{
+    XENTC_FN(row_ctx) c;
+    const double e = r->label_smoothing;
+    c.x = (const TYPE *)r->x + i * r->x_stride;
+    c.w = (const TYPE *)r->weight;
+    /* Class-target smoothing uses coefficient w[c]; soft targets w[c]*q'[c]. */
+    c.q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
+    c.out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
+    c.y = r->target ? r->target[i] : -1;
+    c.qa = (TYPE)(1.0 - e);
+    c.qb = (TYPE)(e / (double)r->n_classes);
+    c.lin = r->soft != NULL || (r->target && e > 0.0);
+    c.alpha = c.beta = c.gamma = 0.0;
+    return c;
+}
+
+static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
+{
+    if (!r->target || c->y != r->ignore_index)
+        return 0;
+    if (r->loss)
+        ((TYPE *)r->loss)[i] = 0;
+    if (r->lse)
+        ((TYPE *)r->lse)[i] = 0;
+    if (c->out)
+        memset(c->out, 0, (size_t)r->n_classes * sizeof(TYPE));
+    return 1;
+}
+
+/*
+ * From the row max m and acc = {sum exp(x - m), sum coef * (x - m), sum coef}
+ * write loss and lse; return log(sum exp(x - m)) and set the gradient's
+ * scalars. sum_c coef_c * (lse - x_c) = A * ls - S needs no cancellation.
+ */
+static inline double XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
+                                      double m, const double acc[3])
+{
+    const double e = r->label_smoothing, C = (double)r->n_classes;
+    /* A row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
+    const double ls = m > -INFINITY ? log(acc[0]) : NAN;
+    const double lin_loss = acc[2] * ls - acc[1];
+    double loss = 0.0, wy = 0.0;
+    if (r->target) {
+        wy = c->w ? (double)c->w[c->y] : 1.0;
+        loss = (1.0 - e) * wy * ((m - (double)c->x[c->y]) + ls);
+        if (e > 0.0)
+            loss += e / C * lin_loss;
+    } else if (c->q) {
+        loss = lin_loss;
+    }
+    if (r->loss)
+        ((TYPE *)r->loss)[i] = (TYPE)loss;
+    if (r->lse)
+        ((TYPE *)r->lse)[i] = (TYPE)(m + ls);
+    if (r->out_kind == XENTC_OUT_GRAD) {
+        /* d/dx_c = g * (A * p_c - coef_c), A = sum_c coef_c: torch's formula
+           regrouped. Class targets put (1-e)*w[y] on c == y and e/C*w[c]
+           everywhere; soft targets w[c] * q'[c]. */
+        const double g = r->grad_scale *
+                         (r->grad_row_scale ? (double)((const TYPE *)r->grad_row_scale)[i] : 1.0);
+        if (r->target) {
+            c->alpha = g * ((1.0 - e) * wy + (e > 0.0 ? e / C * acc[2] : 0.0));
+            c->beta = g * e / C;
+            c->gamma = g * (1.0 - e) * wy;
+        } else {
+            c->alpha = g * acc[2];
+            c->beta = g;
+        }
+    }
+    return ls;
+}
+
+/* Long rows: vector second pass over row x (from cache): out = f(x - m - ls). */
+static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *c,
+                                  TYPE m, TYPE ls)
 {
     const int64_t C = r->n_classes;
     const VT vm = XENTC_FN(splat)(m), vls = XENTC_FN(splat)(ls);
+    const TYPE alpha = (TYPE)c->alpha, beta = (TYPE)c->beta;
+    const TYPE *lq = r->target ? NULL : c->q;
     for (int64_t j = 0; j < C; j += NL) {
         const int64_t len = C - j < NL ? C - j : NL;
-        VT d = (len == NL ? XENTC_FN(load)(x + j) : XENTC_FN(load_part)(x + j, len)) - vm - vls;
+        VT d = (len == NL ? XENTC_FN(load)(c->x + j) : XENTC_FN(load_part)(c->x + j, len)) - vm - vls;
         VT o;
         if (r->out_kind == XENTC_OUT_LOG_SOFTMAX) {
             o = d;
         } else if (r->out_kind == XENTC_OUT_SOFTMAX) {
             o = XENTC_FN(vexp)(d);
-        } else { /* gradient: alpha * softmax - beta * coef */
-            VT c = (w || q) ? XENTC_FN(coef)(w, q, j, len, qa, qb) : XENTC_FN(splat)(1);
-            o = alpha * XENTC_FN(vexp)(d) - beta * c;
+        } else {
+            VT cf = (c->w || lq) ? XENTC_FN(coef)(c->w, lq, j, len, c->qa, c->qb) : XENTC_FN(splat)(1);
+            o = alpha * XENTC_FN(vexp)(d) - beta * cf;
         }
-        memcpy(out + j, &o, (size_t)len * sizeof(TYPE));
+        XENTC_FN(store_part)(c->out + j, o, len);
     }
 }
 
-void XENTC_FN(xentc_row)(const xentc_rows *r, int64_t i)
+static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
 {
     const int64_t C = r->n_classes;
-    const TYPE *x = (const TYPE *)r->x + i * r->x_stride;
-    const TYPE *w = (const TYPE *)r->weight;
-    const TYPE *q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
-    TYPE *out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
-    const int64_t y = r->target ? r->target[i] : -1;
-    const double e = r->label_smoothing;
-
-    if (r->target && y == r->ignore_index) {
-        if (r->loss)
-            ((TYPE *)r->loss)[i] = 0;
-        if (r->lse)
-            ((TYPE *)r->lse)[i] = 0;
-        if (out)
-            memset(out, 0, (size_t)C * sizeof(TYPE));
+    XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
+    if (XENTC_FN(ignored)(r, i, &c))
         return;
-    }
-
-    const int lin = q != NULL || (r->target && e > 0.0);
-    const TYPE qa = (TYPE)(1.0 - e), qb = (TYPE)(e / (double)C);
-    /* Class-target smoothing uses coefficient w[c]; soft targets w[c]*q'[c]. */
-    const TYPE *lq = r->target ? NULL : q;
+    const TYPE *x = c.x, *w = c.w, *lq = r->target ? NULL : c.q;
     double m = -INFINITY, acc[3] = {0.0, 0.0, 0.0};
     int64_t skipped = 0; /* leading elements seen while m was still -inf */
     for (int64_t b = 0; b < C; b += BLOCK) {
@@ -223,53 +334,172 @@ void XENTC_FN(xentc_row)(const xentc_rows *r, int64_t i)
             skipped = b + n;
             continue;
         }
-        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, lq ? lq + b : NULL, n, (TYPE)m, lin, qa, qb, acc);
+        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, lq ? lq + b : NULL, n, (TYPE)m, c.lin, c.qa, c.qb, acc);
     }
     /* -inf logits before the first finite one: their exp is 0 but their
        linear terms are -inf (or NaN with a zero coefficient), as in torch. */
     if (skipped > 0 && m > -INFINITY)
-        XENTC_FN(block_sums)(x, w, lq, skipped, (TYPE)m, lin, qa, qb, acc);
-
-    /* A row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
-    const double ls = m > -INFINITY ? log(acc[0]) : NAN;
-    const double lin_loss = acc[2] * ls - acc[1]; /* sum c * (lse - x) */
-    double loss = 0.0, alpha = 0.0, beta = 0.0, wy = 0.0;
-    if (r->target) {
-        wy = w ? (double)w[y] : 1.0;
-        loss = (1.0 - e) * wy * ((m - (double)x[y]) + ls);
-        if (e > 0.0)
-            loss += e / (double)C * lin_loss;
-    } else if (q) {
-        loss = lin_loss;
-    }
-    if (r->loss)
-        ((TYPE *)r->loss)[i] = (TYPE)loss;
-    if (r->lse)
-        ((TYPE *)r->lse)[i] = (TYPE)(m + ls);
-    if (!out)
+        XENTC_FN(block_sums)(x, w, lq, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc);
+    const double ls = XENTC_FN(finish)(r, i, &c, m, acc);
+    if (!c.out)
         return;
+    XENTC_FN(second_pass)(r, &c, (TYPE)m, (TYPE)ls);
+    if (r->out_kind == XENTC_OUT_GRAD && r->target)
+        c.out[c.y] = (TYPE)((double)c.out[c.y] - c.gamma);
+}
 
-    if (r->out_kind == XENTC_OUT_GRAD) {
-        /* d/dx_c = g * (A * p_c - coef_c), A = sum_c coef_c (torch's formula
-           regrouped): class targets put (1-e)*w[y] on c == y and e/C*w[c]
-           everywhere. */
-        const double g = r->grad_scale * (r->grad_row_scale ? (double)((const TYPE *)r->grad_row_scale)[i] : 1.0);
-        if (r->target) {
-            alpha = g * ((1.0 - e) * wy + (e > 0.0 ? e / (double)C * acc[2] : 0.0));
-            beta = g * e / (double)C;
-        } else {
-            alpha = g * acc[2];
-            beta = g;
+/* exp of buf[0, n) in place, four vectors at a time. */
+static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 4 * NL <= n; j += 4 * NL) {
+        VT d[4];
+        for (int u = 0; u < 4; u++)
+            d[u] = XENTC_FN(load)(buf + j + u * NL);
+        XENTC_FN(vexp_n)(d, 4);
+        for (int u = 0; u < 4; u++)
+            memcpy(buf + j + u * NL, &d[u], sizeof d[u]);
+    }
+    for (; j < n; j += NL) {
+        const int64_t len = n - j < NL ? n - j : NL;
+        XENTC_FN(store_part)(buf + j, XENTC_FN(vexp)(XENTC_FN(load_part)(buf + j, len)), len);
+    }
+}
+
+/*
+ * Short rows (a few vectors or less): per-row vector code would spend more
+ * on set-up and tails than on the row, so a group of rows is laid end to end
+ * in a buffer as x - max(row) and exponentiated as one long vector; the rest
+ * is scalar and cheap.
+ */
+/* Rows up to this many classes take the batched path. */
+#define SHORT_C ((int64_t)64)
+#define SHORT_BUF ((int64_t)2048)
+#define SHORT_ROWS ((int64_t)256)
+
+/* Max and sum of a short row with four independent chains: one chain per
+   row would leave the FP units idle on latency. */
+static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
+{
+    TYPE m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4)
+        for (int u = 0; u < 4; u++)
+            m[u] = x[k + u] > m[u] ? x[k + u] : m[u];
+    for (; k < n; k++)
+        m[0] = x[k] > m[0] ? x[k] : m[0];
+    m[0] = m[1] > m[0] ? m[1] : m[0];
+    m[2] = m[3] > m[2] ? m[3] : m[2];
+    return m[2] > m[0] ? m[2] : m[0];
+}
+
+static inline double XENTC_FN(short_sum)(const TYPE *p, int64_t n)
+{
+    TYPE s[4] = {0, 0, 0, 0};
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4)
+        for (int u = 0; u < 4; u++)
+            s[u] += p[k + u];
+    for (; k < n; k++)
+        s[0] += p[k];
+    return ((double)s[0] + (double)s[1]) + ((double)s[2] + (double)s[3]);
+}
+
+static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
+{
+    const int64_t C = r->n_classes;
+    const int64_t group = SHORT_BUF / C < SHORT_ROWS ? SHORT_BUF / C : SHORT_ROWS;
+    TYPE buf[SHORT_BUF];
+    struct {
+        TYPE m, ls;
+        double alpha, beta, gamma;
+        int skip;
+    } st[SHORT_ROWS];
+    for (int64_t g0 = i0; g0 < i1; g0 += group) {
+        const int64_t g1 = g0 + group < i1 ? g0 + group : i1;
+        for (int64_t i = g0; i < g1; i++) {
+            const TYPE *x = (const TYPE *)r->x + i * r->x_stride;
+            const TYPE m = XENTC_FN(short_max)(x, C);
+            st[i - g0].m = m;
+            TYPE *d = buf + (i - g0) * C;
+            for (int64_t k = 0; k < C; k++)
+                d[k] = x[k] - m; /* as torch: NaN for a row of -inf */
+        }
+        XENTC_FN(exp_buffer)(buf, (g1 - g0) * C);
+        for (int64_t i = g0; i < g1; i++) {
+            XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
+            st[i - g0].skip = XENTC_FN(ignored)(r, i, &c);
+            if (st[i - g0].skip)
+                continue;
+            const TYPE *p = buf + (i - g0) * C;
+            const TYPE m = st[i - g0].m;
+            const TYPE *lq = r->target ? NULL : c.q;
+            double acc[3] = {XENTC_FN(short_sum)(p, C), 0.0, 0.0};
+            if (c.lin)
+                for (int64_t k = 0; k < C; k++) {
+                    TYPE cf = c.w ? c.w[k] : 1;
+                    if (lq)
+                        cf *= lq[k] * c.qa + c.qb;
+                    acc[1] += (double)(cf * (c.x[k] - m));
+                    acc[2] += (double)cf;
+                }
+            st[i - g0].ls = (TYPE)XENTC_FN(finish)(r, i, &c, m, acc);
+            st[i - g0].alpha = c.alpha;
+            st[i - g0].beta = c.beta;
+            st[i - g0].gamma = c.gamma;
+        }
+        if (r->out_kind == XENTC_OUT_NONE)
+            continue;
+        /* Second pass: out = f(x - m - ls), the exps batched again. */
+        for (int64_t i = g0; i < g1; i++) {
+            const TYPE *x = (const TYPE *)r->x + i * r->x_stride;
+            TYPE *d = buf + (i - g0) * C;
+            for (int64_t k = 0; k < C; k++)
+                d[k] = (x[k] - st[i - g0].m) - st[i - g0].ls;
+        }
+        if (r->out_kind != XENTC_OUT_LOG_SOFTMAX)
+            XENTC_FN(exp_buffer)(buf, (g1 - g0) * C);
+        for (int64_t i = g0; i < g1; i++) {
+            if (st[i - g0].skip)
+                continue; /* zeroed by ignored() */
+            const TYPE *v = buf + (i - g0) * C;
+            TYPE *out = (TYPE *)r->out + i * r->out_stride;
+            if (r->out_kind != XENTC_OUT_GRAD) {
+                memcpy(out, v, (size_t)C * sizeof(TYPE));
+                continue;
+            }
+            const TYPE *w = (const TYPE *)r->weight;
+            const TYPE *q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
+            const TYPE qa = (TYPE)(1.0 - r->label_smoothing);
+            const TYPE qb = (TYPE)(r->label_smoothing / (double)C);
+            const TYPE alpha = (TYPE)st[i - g0].alpha, beta = (TYPE)st[i - g0].beta;
+            for (int64_t k = 0; k < C; k++) {
+                TYPE cf = w ? w[k] : 1;
+                if (q)
+                    cf *= q[k] * qa + qb;
+                out[k] = alpha * v[k] - beta * cf;
+            }
+            if (r->target)
+                out[r->target[i]] = (TYPE)((double)out[r->target[i]] - st[i - g0].gamma);
         }
     }
-    XENTC_FN(second_pass)(r, x, out, w, lq, (TYPE)m, (TYPE)ls, (TYPE)alpha, (TYPE)beta, qa, qb);
-    if (r->out_kind == XENTC_OUT_GRAD && r->target) {
-        const double g = r->grad_scale * (r->grad_row_scale ? (double)((const TYPE *)r->grad_row_scale)[i] : 1.0);
-        out[y] = (TYPE)((double)out[y] - g * (1.0 - e) * wy);
+}
+
+/* Rows [i0, i1): short rows batched, long rows one at a time. */
+void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
+{
+    if (r->n_classes <= SHORT_C) {
+        XENTC_FN(short_rows)(r, i0, i1);
+        return;
     }
+    for (int64_t i = i0; i < i1; i++)
+        XENTC_FN(long_row)(r, i);
 }
 
 #undef VT
 #undef VIT
 #undef NL
 #undef BLOCK
+#undef SHORT_C
+#undef SHORT_BUF
+#undef SHORT_ROWS
