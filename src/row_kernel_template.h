@@ -149,6 +149,11 @@ static inline VT XENTC_FN(coef)(const TYPE *w, const TYPE *q, int64_t j,
 }
 
 /*
+ * The terms exp(x - m) with x == m are exactly 1 and are counted apart from
+ * the rest: a float32 lane holding 1 + small terms would round the small ones
+ * at ulp(1) and lose the relative precision of log(sum) when the sum is
+ * close to 1 (a confident prediction, whose loss is then tiny).
+ *
  * acc[0] += sum exp(x - m); with lin, also acc[1] += sum c * (x - m) and
  * acc[2] += sum c. Keeping x - m (not x) in the linear sum keeps it exact
  * for logits of any magnitude.
@@ -158,7 +163,8 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                                  double acc[3])
 {
     const VT vm = XENTC_FN(splat)(m);
-    VT s = {0}, sl = {0}, sc = {0};
+    VT s = {0}, sl = {0}, sc = {0}, ones = {0};
+    const VT minus_one = XENTC_FN(splat)(-1);
     VT lane = {0};
     for (int64_t k = 0; k < NL; k++)
         lane[k] = (TYPE)k;
@@ -171,11 +177,16 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                units, so its max sweep does not wait on memory. */
             for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
                 __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
-            for (int u = 0; u < 4; u++)
+            VT top[4];
+            for (int u = 0; u < 4; u++) {
                 d[u] = XENTC_FN(load)(x + j + u * NL) - vm;
+                top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
+            }
             XENTC_FN(vexp_n)(d, 4);
-            for (int u = 0; u < 4; u++)
-                s4[u] += d[u];
+            for (int u = 0; u < 4; u++) {
+                s4[u] += d[u] + top[u];
+                ones -= top[u];
+            }
         }
         s += (s4[0] + s4[1]) + (s4[2] + s4[3]);
     }
@@ -190,14 +201,16 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
             d = XENTC_FN(load_part)(x + j, len) - vm;
             live = lane < (TYPE)len;
         }
-        s += XENTC_FN(sel)(live, XENTC_FN(vexp)(d), XENTC_FN(splat)(0));
+        const VT top = (VT)(live & (d == 0) & (VIT)minus_one);
+        s += XENTC_FN(sel)(live, XENTC_FN(vexp)(d), XENTC_FN(splat)(0)) + top;
+        ones -= top;
         if (lin) {
             VT c = XENTC_FN(sel)(live, XENTC_FN(coef)(w, q, j, len, qa, qb), XENTC_FN(splat)(0));
             sl += c * XENTC_FN(sel)(live, d, XENTC_FN(splat)(0));
             sc += c;
         }
     }
-    acc[0] += XENTC_FN(hsum)(s);
+    acc[0] += XENTC_FN(hsum)(ones) + XENTC_FN(hsum)(s);
     if (lin) {
         acc[1] += XENTC_FN(hsum)(sl);
         acc[2] += XENTC_FN(hsum)(sc);
@@ -246,15 +259,12 @@ static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row
 
 /*
  * From the row max m and acc = {sum exp(x - m), sum coef * (x - m), sum coef}
- * write loss and lse; return log(sum exp(x - m)) and set the gradient's
- * scalars. sum_c coef_c * (lse - x_c) = A * ls - S needs no cancellation.
+ * and ls = log(acc[0]), write loss and lse and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S needs no cancellation.
  */
-static inline double XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
-                                      double m, const double acc[3])
+static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
+                                    double m, double ls, const double acc[3])
 {
     const double e = r->label_smoothing, C = (double)r->n_classes;
-    /* A row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
-    const double ls = m > -INFINITY ? log(acc[0]) : NAN;
     const double lin_loss = acc[2] * ls - acc[1];
     double loss = 0.0, wy = 0.0;
     if (r->target) {
@@ -284,7 +294,6 @@ static inline double XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(r
             c->beta = g;
         }
     }
-    return ls;
 }
 
 /* Long rows: vector second pass over row x (from cache): out = f(x - m - ls). */
@@ -340,7 +349,9 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
        linear terms are -inf (or NaN with a zero coefficient), as in torch. */
     if (skipped > 0 && m > -INFINITY)
         XENTC_FN(block_sums)(x, w, lq, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc);
-    const double ls = XENTC_FN(finish)(r, i, &c, m, acc);
+    /* A row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
+    const double ls = m > -INFINITY ? log(acc[0]) : NAN;
+    XENTC_FN(finish)(r, i, &c, m, ls, acc);
     if (!c.out)
         return;
     XENTC_FN(second_pass)(r, &c, (TYPE)m, (TYPE)ls);
@@ -395,14 +406,14 @@ static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
 
 static inline double XENTC_FN(short_sum)(const TYPE *p, int64_t n)
 {
-    TYPE s[4] = {0, 0, 0, 0};
+    double s[4] = {0, 0, 0, 0}; /* double: exact relative to a sum near 1 */
     int64_t k = 0;
     for (; k + 4 <= n; k += 4)
         for (int u = 0; u < 4; u++)
             s[u] += p[k + u];
     for (; k < n; k++)
         s[0] += p[k];
-    return ((double)s[0] + (double)s[1]) + ((double)s[2] + (double)s[3]);
+    return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
 static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
@@ -415,6 +426,7 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         double alpha, beta, gamma;
         int skip;
     } st[SHORT_ROWS];
+    double sums[SHORT_ROWS], logs[SHORT_ROWS];
     for (int64_t g0 = i0; g0 < i1; g0 += group) {
         const int64_t g1 = g0 + group < i1 ? g0 + group : i1;
         for (int64_t i = g0; i < g1; i++) {
@@ -426,24 +438,26 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
                 d[k] = x[k] - m; /* as torch: NaN for a row of -inf */
         }
         XENTC_FN(exp_buffer)(buf, (g1 - g0) * C);
+        for (int64_t i = g0; i < g1; i++) /* NaN for a row of -inf: no max */
+            sums[i - g0] = XENTC_FN(short_sum)(buf + (i - g0) * C, C);
+        xentc_log_array(sums, logs, g1 - g0);
         for (int64_t i = g0; i < g1; i++) {
             XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
             st[i - g0].skip = XENTC_FN(ignored)(r, i, &c);
             if (st[i - g0].skip)
                 continue;
-            const TYPE *p = buf + (i - g0) * C;
             const TYPE m = st[i - g0].m;
-            const TYPE *lq = r->target ? NULL : c.q;
-            double acc[3] = {XENTC_FN(short_sum)(p, C), 0.0, 0.0};
+            double acc[3] = {sums[i - g0], 0.0, 0.0};
             if (c.lin)
                 for (int64_t k = 0; k < C; k++) {
                     TYPE cf = c.w ? c.w[k] : 1;
-                    if (lq)
-                        cf *= lq[k] * c.qa + c.qb;
+                    if (c.q)
+                        cf *= c.q[k] * c.qa + c.qb;
                     acc[1] += (double)(cf * (c.x[k] - m));
                     acc[2] += (double)cf;
                 }
-            st[i - g0].ls = (TYPE)XENTC_FN(finish)(r, i, &c, m, acc);
+            XENTC_FN(finish)(r, i, &c, m, logs[i - g0], acc);
+            st[i - g0].ls = (TYPE)logs[i - g0];
             st[i - g0].alpha = c.alpha;
             st[i - g0].beta = c.beta;
             st[i - g0].gamma = c.gamma;
