@@ -17,6 +17,7 @@ here is O(rows) or a reshape, written once with the array API.
 import math
 import operator
 
+import numpy as np
 from array_api_compat import array_namespace
 
 from . import _dispatch
@@ -100,7 +101,8 @@ def _reduce(xp, loss, reduction, lead_shape, denominator):
     total = xp.sum(loss)
     if reduction == "sum":
         return total
-    return total / denominator
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 is NaN, as in torch
+        return total / denominator
 
 
 def _check_common(reduction, n_threads):
@@ -263,8 +265,7 @@ def _normalize(x, axis, out_kind, n_threads, backend):
     return _from_rows(xp, out, lead_shape, ax)
 
 
-def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
-    """Logarithm of softmax along `axis`, computed as ``x - max - log(sum(exp(x - max)))``.
+_NORMALIZE_DOC = """{summary}
 
     Parameters
     ----------
@@ -274,37 +275,30 @@ def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
         The axis to normalize over.
     n_threads : int, optional
         Threads of the C core; default all cores.
-    backend : {"auto", "cpu", "generic"}, default "auto"
+    backend : {{"auto", "cpu", "generic"}}, default "auto"
         Engine, as for `cross_entropy`.
 
     Returns
     -------
     array
-        Same namespace, shape and dtype as `x`.
+        Same namespace, shape and dtype as `x`{returns}.
     """
+
+
+def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
     return _normalize(x, axis, "log_softmax", n_threads, backend)
 
 
 def softmax(x, axis=-1, *, n_threads=None, backend="auto"):
-    """Softmax along `axis`, computed without overflow for any finite input.
-
-    Parameters
-    ----------
-    x : array
-        Floating-point input of any shape.
-    axis : int, default -1
-        The axis to normalize over.
-    n_threads : int, optional
-        Threads of the C core; default all cores.
-    backend : {"auto", "cpu", "generic"}, default "auto"
-        Engine, as for `cross_entropy`.
-
-    Returns
-    -------
-    array
-        Same namespace, shape and dtype as `x`; sums to one along `axis`.
-    """
     return _normalize(x, axis, "softmax", n_threads, backend)
+
+
+log_softmax.__doc__ = _NORMALIZE_DOC.format(
+    summary="Logarithm of softmax along `axis`: ``(x - max) - log(sum(exp(x - max)))``.",
+    returns="")
+softmax.__doc__ = _NORMALIZE_DOC.format(
+    summary="Softmax along `axis`, without overflow for any finite input.",
+    returns="; sums to one along `axis`")
 
 
 def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):

@@ -44,12 +44,34 @@ cdef extern from "xentc.h" nogil:
 OUT_NONE, OUT_LOG_SOFTMAX, OUT_SOFTMAX, OUT_GRAD = 0, 1, 2, 3
 
 
-cdef int64_t _row_stride(const char *name, Py_ssize_t[:] strides, Py_ssize_t itemsize) except -1:
+cdef int64_t _row_stride(str name, Py_ssize_t[:] strides, Py_ssize_t itemsize) except -1:
     if strides[1] != itemsize:
         raise ValueError(f"{name} must have contiguous classes")
     if strides[0] % itemsize:
         raise ValueError(f"{name} row stride is not a multiple of its itemsize")
     return strides[0] // itemsize
+
+
+cdef const void *_vector(str name, const floating[::1] a, int64_t n) except? NULL:
+    """Data of a length-n vector; NULL for None or no elements."""
+    if a is None:
+        return NULL
+    if a.shape[0] != n:
+        raise ValueError(f"{name} must have length {n}, got {a.shape[0]}")
+    return &a[0] if n > 0 else NULL
+
+
+cdef const void *_matrix(str name, const floating[:, :] a, int64_t n, int64_t c,
+                         int64_t *stride) except? NULL:
+    """Data and row stride of an (n, c) array with contiguous rows; NULL for None or empty."""
+    if a is None:
+        return NULL
+    if a.shape[0] != n or a.shape[1] != c:
+        raise ValueError(f"{name} must have shape ({n}, {c}), got ({a.shape[0]}, {a.shape[1]})")
+    if n == 0 or c == 0:
+        return NULL
+    stride[0] = _row_stride(name, a.strides, sizeof(floating)) if c > 1 else c
+    return &a[0, 0]
 
 
 def rows(const floating[:, :] x, const int64_t[::1] target=None,
@@ -66,61 +88,33 @@ def rows(const floating[:, :] x, const int64_t[::1] target=None,
     """
     cdef xentc_rows r
     cdef int64_t n = x.shape[0], c = x.shape[1], bad = -1
-    cdef Py_ssize_t item = sizeof(floating)
     cdef int status
     r.n_rows = n
     r.n_classes = c
-    r.x = &x[0, 0] if n > 0 and c > 0 else NULL
-    r.x_stride = _row_stride("input", x.strides, item) if n > 0 and c > 1 else c
-    r.target = NULL
-    r.soft = NULL
+    r.x_stride = c
     r.soft_stride = 0
-    r.weight = NULL
+    r.x = _matrix("input", x, n, c, &r.x_stride)
+    r.target = NULL
     r.ignore_index = ignore_index
     r.label_smoothing = label_smoothing
-    r.loss = NULL
-    r.lse = NULL
     r.out_kind = out_kind
     r.out = NULL
     r.out_stride = 0
     r.grad_scale = grad_scale
-    r.grad_row_scale = NULL
     if target is not None:
         if target.shape[0] != n:
-            raise ValueError("target length does not match the rows of input")
+            raise ValueError(f"target must have length {n}, got {target.shape[0]}")
         if n > 0:
             r.target = &target[0]
-    if soft is not None:
-        if soft.shape[0] != n or soft.shape[1] != c:
-            raise ValueError("soft target shape does not match input")
-        if n > 0:
-            r.soft = &soft[0, 0]
-            r.soft_stride = _row_stride("target", soft.strides, item) if c > 1 else c
-    if weight is not None:
-        if weight.shape[0] != c:
-            raise ValueError("weight length does not match the number of classes")
-        r.weight = &weight[0]
-    if loss is not None:
-        if loss.shape[0] != n:
-            raise ValueError("loss buffer has the wrong length")
-        if n > 0:
-            r.loss = &loss[0]
-    if lse is not None:
-        if lse.shape[0] != n:
-            raise ValueError("lse buffer has the wrong length")
-        if n > 0:
-            r.lse = &lse[0]
+    r.soft = _matrix("target", soft, n, c, &r.soft_stride)
+    r.weight = _vector("weight", weight, c)
+    r.loss = <void *>_vector("loss", loss, n)
+    r.lse = <void *>_vector("lse", lse, n)
     if out_kind != OUT_NONE:
-        if out is None or out.shape[0] != n or out.shape[1] != c:
-            raise ValueError("out buffer has the wrong shape")
-        if n > 0:
-            r.out = &out[0, 0]
-            r.out_stride = _row_stride("out", out.strides, item) if c > 1 else c
-    if grad_row_scale is not None:
-        if grad_row_scale.shape[0] != n:
-            raise ValueError("grad_output has the wrong length")
-        if n > 0:
-            r.grad_row_scale = &grad_row_scale[0]
+        if out is None:
+            raise ValueError("out is required for this out_kind")
+        r.out = <void *>_matrix("out", out, n, c, &r.out_stride)
+    r.grad_row_scale = _vector("grad_output", grad_row_scale, n)
     with nogil:
         if floating is float:
             status = xentc_rows_f32(&r, n_threads, &bad)
