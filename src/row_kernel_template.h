@@ -68,9 +68,9 @@ static inline double XENTC_FN(hsum)(VT v)
     return s;
 }
 
-/* exp(d[0..n)) in place, for d <= 0 (NaN propagates; below EXP_LO the
-   result is clamped to exp(EXP_LO), which is below half an ulp of any sum it
-   is added to). Called with a constant n: the n independent dependency
+/* exp(d[0..n)) in place, for d <= 0 (NaN propagates; below EXP_LO, where
+   the result would be subnormal, it is 0, an absolute error below the
+   smallest normal number). Called with a constant n: the n independent dependency
    chains are interleaved stage by stage, which keeps the FMA pipes busy where
    one chain would leave them waiting on latency. */
 static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
@@ -78,8 +78,10 @@ static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
     const VT lo = XENTC_FN(splat)(EXP_LO);
     const VT shift = XENTC_FN(splat)(EXP_SHIFT);
     VT t[4], k[4], r[4], p[4];
+    VIT under[4];
     for (int u = 0; u < n; u++) {
-        d[u] = XENTC_FN(sel)(d[u] < lo, lo, d[u]);
+        under[u] = d[u] < lo;
+        d[u] = XENTC_FN(sel)(under[u], lo, d[u]);
         t[u] = d[u] * (TYPE)1.44269504088896340736 + shift; /* round(d / ln2) */
     }
     for (int u = 0; u < n; u++) {
@@ -94,7 +96,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
             p[u] = p[u] * r[u] + (TYPE)xentc_inv_factorial[j];
     for (int u = 0; u < n; u++) {
         VIT bits = (((VIT)t[u] - (VIT)shift) + EXP_BIAS) << EXP_MANT; /* 2^k */
-        d[u] = p[u] * (VT)bits;
+        d[u] = (VT)(~under[u] & (VIT)(p[u] * (VT)bits)); /* exp(-inf) = 0 */
     }
 }
 
@@ -154,13 +156,13 @@ static inline VT XENTC_FN(coef)(const TYPE *w, const TYPE *q, int64_t j,
  * at ulp(1) and lose the relative precision of log(sum) when the sum is
  * close to 1 (a confident prediction, whose loss is then tiny).
  *
- * acc[0] += sum exp(x - m); with lin, also acc[1] += sum c * (x - m) and
+ * acc[0] += sum of exp(x - m) over x != m, acc[3] += count of x == m; with lin, also acc[1] += sum c * (x - m) and
  * acc[2] += sum c. Keeping x - m (not x) in the linear sum keeps it exact
  * for logits of any magnitude.
  */
 static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
-                                 double acc[3])
+                                 double acc[4])
 {
     const VT vm = XENTC_FN(splat)(m);
     VT s = {0}, sl = {0}, sc = {0}, ones = {0};
@@ -210,7 +212,8 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
             sc += c;
         }
     }
-    acc[0] += XENTC_FN(hsum)(ones) + XENTC_FN(hsum)(s);
+    acc[0] += XENTC_FN(hsum)(s);
+    acc[3] += XENTC_FN(hsum)(ones);
     if (lin) {
         acc[1] += XENTC_FN(hsum)(sl);
         acc[2] += XENTC_FN(hsum)(sc);
@@ -259,10 +262,10 @@ static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row
 
 /*
  * From the row max m and acc = {sum exp(x - m), sum coef * (x - m), sum coef}
- * and ls = log(acc[0]), write loss and lse and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S needs no cancellation.
+ * and ls = log(sum exp(x - m)), write loss and lse and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S needs no cancellation.
  */
 static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
-                                    double m, double ls, const double acc[3])
+                                    double m, double ls, const double acc[4])
 {
     const double e = r->label_smoothing, C = (double)r->n_classes;
     const double lin_loss = acc[2] * ls - acc[1];
@@ -277,8 +280,16 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
     }
     if (r->loss)
         ((TYPE *)r->loss)[i] = (TYPE)loss;
-    if (r->lse)
-        ((TYPE *)r->lse)[i] = (TYPE)(m + ls);
+    if (r->lse) {
+        double lse = m + ls;
+        if (isinf(m)) { /* torch.logsumexp: inf / -inf unless the row has a NaN */
+            lse = m;
+            for (int64_t k = 0; k < r->n_classes; k++)
+                if (c->x[k] != c->x[k])
+                    lse = NAN;
+        }
+        ((TYPE *)r->lse)[i] = (TYPE)lse;
+    }
     if (r->out_kind == XENTC_OUT_GRAD) {
         /* d/dx_c = g * (A * p_c - coef_c), A = sum_c coef_c: torch's formula
            regrouped. Class targets put (1-e)*w[y] on c == y and e/C*w[c]
@@ -327,14 +338,15 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     if (XENTC_FN(ignored)(r, i, &c))
         return;
     const TYPE *x = c.x, *w = c.w, *lq = r->target ? NULL : c.q;
-    double m = -INFINITY, acc[3] = {0.0, 0.0, 0.0};
+    double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t skipped = 0; /* leading elements seen while m was still -inf */
     for (int64_t b = 0; b < C; b += BLOCK) {
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
         const double bm = XENTC_FN(block_max)(x + b, n);
         if (bm > m) {
-            if (acc[0] > 0.0) {
-                acc[0] *= exp(m - bm);
+            if (acc[3] > 0.0) { /* the old maxima are no longer exact ones */
+                acc[0] = (acc[0] + acc[3]) * exp(m - bm);
+                acc[3] = 0.0;
                 acc[1] -= (bm - m) * acc[2];
             }
             m = bm;
@@ -350,7 +362,8 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     if (skipped > 0 && m > -INFINITY)
         XENTC_FN(block_sums)(x, w, lq, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc);
     /* A row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
-    const double ls = m > -INFINITY ? log(acc[0]) : NAN;
+    /* log(ones + rest) as log1p((ones - 1) + rest): exact when the sum is near 1 */
+    const double ls = m > -INFINITY ? log1p((acc[3] - 1.0) + acc[0]) : NAN;
     XENTC_FN(finish)(r, i, &c, m, ls, acc);
     if (!c.out)
         return;
@@ -404,16 +417,25 @@ static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
     return m[2] > m[0] ? m[2] : m[0];
 }
 
-static inline double XENTC_FN(short_sum)(const TYPE *p, int64_t n)
+/* sum(p) - 1 for the exps of a short row, whose max term is exactly 1: the
+   exact ones are counted apart so that the excess keeps its relative
+   precision (see block_sums). */
+static inline double XENTC_FN(short_excess)(const TYPE *p, int64_t n)
 {
-    double s[4] = {0, 0, 0, 0}; /* double: exact relative to a sum near 1 */
+    double s[4] = {0, 0, 0, 0}, ones = -1.0;
     int64_t k = 0;
     for (; k + 4 <= n; k += 4)
-        for (int u = 0; u < 4; u++)
-            s[u] += p[k + u];
-    for (; k < n; k++)
-        s[0] += p[k];
-    return (s[0] + s[1]) + (s[2] + s[3]);
+        for (int u = 0; u < 4; u++) {
+            const int one = p[k + u] == 1;
+            ones += one;
+            s[u] += one ? 0.0 : (double)p[k + u];
+        }
+    for (; k < n; k++) {
+        const int one = p[k] == 1;
+        ones += one;
+        s[0] += one ? 0.0 : (double)p[k];
+    }
+    return ones + ((s[0] + s[1]) + (s[2] + s[3]));
 }
 
 static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
@@ -439,15 +461,15 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         }
         XENTC_FN(exp_buffer)(buf, (g1 - g0) * C);
         for (int64_t i = g0; i < g1; i++) /* NaN for a row of -inf: no max */
-            sums[i - g0] = XENTC_FN(short_sum)(buf + (i - g0) * C, C);
-        xentc_log_array(sums, logs, g1 - g0);
+            sums[i - g0] = XENTC_FN(short_excess)(buf + (i - g0) * C, C);
+        xentc_log1p_array(sums, logs, g1 - g0);
         for (int64_t i = g0; i < g1; i++) {
             XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
             st[i - g0].skip = XENTC_FN(ignored)(r, i, &c);
             if (st[i - g0].skip)
                 continue;
             const TYPE m = st[i - g0].m;
-            double acc[3] = {sums[i - g0], 0.0, 0.0};
+            double acc[4] = {sums[i - g0], 0.0, 0.0, 1.0};
             if (c.lin)
                 for (int64_t k = 0; k < C; k++) {
                     TYPE cf = c.w ? c.w[k] : 1;

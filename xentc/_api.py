@@ -87,12 +87,19 @@ def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
     if tuple(target.shape) != lead_shape:
         raise ValueError(f"`target` shape {tuple(target.shape)} does not match input: "
                          f"expected {lead_shape} (input shape without the class axis)")
-    t = xp.reshape(xp.astype(target, xp.int64, copy=False), (-1,))
-    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    t = xp.reshape(target, (-1,))
+    # Checked in the target's own dtype: a cast to int64 first could wrap a
+    # large unsigned value onto ignore_index or into range.
+    unsigned = xp.isdtype(t.dtype, "unsigned integer")
+    bad = t >= n_classes
+    if not unsigned:
+        bad = bad | (t < 0)
+    if not unsigned or ignore_index >= 0:
+        bad = bad & (t != ignore_index)
     if bool(xp.any(bad)):
         value = int(t[bad][0])
         raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
-    return t
+    return xp.astype(t, xp.int64, copy=False)
 
 
 def _reduce(xp, loss, reduction, lead_shape, denominator):
@@ -101,8 +108,13 @@ def _reduce(xp, loss, reduction, lead_shape, denominator):
     total = xp.sum(loss)
     if reduction == "sum":
         return total
-    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 is NaN, as in torch
-        return total / denominator
+    # No weight to divide by gives NaN, as in torch (whose smoothing term
+    # would otherwise be x / 0 = inf).
+    if isinstance(denominator, float):  # a count known without looking at data
+        return total / denominator if denominator else xp.asarray(math.nan, dtype=total.dtype)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return xp.where(denominator == 0, xp.asarray(math.nan, dtype=total.dtype),
+                        total / denominator)
 
 
 def _check_common(reduction, n_threads):
@@ -184,7 +196,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
         loss, _, _ = engine.rows(xp, x, soft=soft, weight=w, label_smoothing=label_smoothing,
                                  n_threads=n_threads)
-        return _reduce(xp, loss, reduction, lead_shape, x.shape[0] if x.shape[0] else math.nan)
+        return _reduce(xp, loss, reduction, lead_shape, float(x.shape[0]))
     t = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
     loss, _, _ = engine.rows(xp, x, target=t, weight=w, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, n_threads=n_threads)
@@ -203,7 +215,8 @@ def _mean_denominator(xp, t, w, ignore_index, dtype):
     return xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y)))
 
 
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, axis=None):
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, axis=None,
+             n_threads=None, backend="auto"):
     """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
 
     Parameters
@@ -220,19 +233,19 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
         ``"mean"`` divides by the summed weight of the non-ignored targets.
     axis : int, optional
         The class axis; default torch's (1, or 0 for 1-D input).
+    n_threads, backend
+        Accepted and validated as for `cross_entropy`, so that the two calls
+        are interchangeable; the work is one gather per element, done in the
+        caller's namespace whichever engine is named.
 
     Returns
     -------
     array
         ``-weight[target] * input[target]``, reduced, in `input`'s namespace.
-
-    Notes
-    -----
-    The work is one gather per element, so it runs in the caller's namespace
-    directly rather than through an engine.
     """
     xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
-    _check_common(reduction, None)
+    _check_common(reduction, n_threads)
+    _dispatch.engine_for(xp, input, backend)
     _check_floating(xp, input, "input")
     ax = _class_axis(input.ndim, axis)
     x, lead_shape = _as_rows(xp, input, ax)

@@ -6,6 +6,10 @@ against, so it is written for clarity: the formulas of
 ``xentc._engines.__doc__`` over a block of rows at a time. Blocks bound the
 temporaries to a few times ``_BLOCK_ELEMENTS`` beyond what the caller holds.
 """
+import math
+
+import numpy as np
+
 name = "generic"
 
 # Elements per block of rows: 2**22 float32 temporaries are 16 MiB.
@@ -17,11 +21,19 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
     """Loss, lse and the second result for one block of rows."""
     n_classes = x.shape[1]
     m = xp.max(x, axis=1, keepdims=True)
-    # torch's order of operations: d = x - max, so a row of -inf (or with a
-    # +inf) gives NaN exactly as torch.log_softmax does.
+    # torch.logsumexp shifts by 0 where the max is infinite, so a row with
+    # +inf gives inf and a row of -inf gives -inf ...
+    inf_max = xp.isinf(m)
+    m = xp.where(inf_max, xp.zeros_like(m), m)
     d = x - m
-    ls = xp.log(xp.sum(xp.exp(d), axis=1, keepdims=True))
+    # sum(exp(d)) = (number of maxima) + rest; log1p of (maxima - 1) + rest
+    # keeps full relative precision when the sum is close to 1.
+    top = d == 0
+    rest = xp.sum(xp.where(top, xp.zeros_like(d), xp.exp(d)), axis=1, keepdims=True)
+    ls = xp.log1p(xp.sum(xp.astype(top, x.dtype), axis=1, keepdims=True) - 1 + rest)
     lse = (m + ls)[:, 0]
+    # ... while torch.log_softmax (and so the loss) is NaN on such rows.
+    ls = xp.where(inf_max, xp.full_like(ls, math.nan), ls)
     w = xp.ones(n_classes, dtype=x.dtype) if weight is None else weight
     loss = coef = keep = None
     if target is not None:
@@ -62,6 +74,16 @@ def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
     """Per-row loss / lse / second result; see ``xentc._engines``."""
     n_rows, n_classes = x.shape
     step = max(1, _BLOCK_ELEMENTS // max(n_classes, 1))
+    # NumPy would warn on inf - inf and the like, which are part of torch's
+    # semantics here; other namespaces ignore NumPy's error state.
+    with np.errstate(all="ignore"):
+        return _rows(xp, x, target, soft, weight, ignore_index, label_smoothing,
+                     want_loss, want_lse, out_kind, grad_scale, grad_row_scale, out, step)
+
+
+def _rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss,
+          want_lse, out_kind, grad_scale, grad_row_scale, out, step):
+    n_rows = x.shape[0]
     parts = []
     for start in range(0, n_rows, step):
         sl = slice(start, min(start + step, n_rows))

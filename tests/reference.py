@@ -1,0 +1,337 @@
+"""Independent reference implementations used by the test suite.
+
+Everything here is plain NumPy/SciPy evaluated in float64 (or in the
+platform's extended precision where noted).  Nothing in this module imports
+the library under test, so a bug in the library cannot leak into the oracle.
+
+The cross-entropy formulas follow the PyTorch documentation of
+``torch.nn.functional.cross_entropy``:
+
+class-index targets ``y`` (label smoothing ``e``, class weights ``w``,
+``C`` classes, ``lse = logsumexp(x)``)::
+
+    l = (1 - e) * w[y] * (lse - x[y]) + (e / C) * sum_c w[c] * (lse - x[c])
+    l = 0 where y == ignore_index
+    mean = sum(l) / sum(w[y] over non-ignored elements)   (nan if that sum is 0)
+
+class-probability targets ``q`` (same shape as the input)::
+
+    l = sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c])
+    mean = sum(l) / (number of elements, i.e. N * d1 * ... * dK)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp as _sp_logsumexp
+
+__all__ = [
+    "REDUCTIONS",
+    "class_axis",
+    "cross_entropy_ref",
+    "nll_loss_ref",
+    "log_softmax_ref",
+    "softmax_ref",
+    "logsumexp_ref",
+    "logsumexp_extended",
+    "loss_scale",
+    "ce_denominator",
+    "ce_expected",
+    "nll_expected",
+    "softmax_family_tolerance",
+    "make_logits",
+    "make_targets",
+    "make_soft_targets",
+    "make_weight",
+    "unaligned_copy",
+    "eps_of",
+    "assert_within",
+]
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+# ---------------------------------------------------------------------------
+# small utilities
+# ---------------------------------------------------------------------------
+
+
+def class_axis(ndim: int, axis=None) -> int:
+    """The class axis PyTorch uses (1, or 0 for 1-D input), normalised."""
+    if axis is None:
+        axis = 0 if ndim == 1 else 1
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} out of range for {ndim}-D input")
+    return axis % ndim
+
+
+def eps_of(dtype) -> float:
+    return float(np.finfo(dtype).eps)
+
+
+def _reduce(loss: np.ndarray, reduction: str, denom: float):
+    if reduction == "none":
+        return loss
+    total = np.sum(loss)
+    if reduction == "sum":
+        return np.float64(total)
+    if reduction == "mean":
+        if denom == 0:  # torch: nothing contributes -> nan (not +-inf)
+            return np.float64(np.nan)
+        return np.float64(total) / np.float64(denom)
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+# ---------------------------------------------------------------------------
+# softmax family
+# ---------------------------------------------------------------------------
+
+
+def logsumexp_ref(x, axis=-1, keepdims=False):
+    x = np.asarray(x, dtype=np.float64)
+    return _sp_logsumexp(x, axis=axis, keepdims=keepdims)
+
+
+def log_softmax_ref(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    return x - _sp_logsumexp(x, axis=axis, keepdims=True)
+
+
+def softmax_ref(x, axis=-1):
+    return np.exp(log_softmax_ref(x, axis=axis))
+
+
+def logsumexp_extended(x, axis=-1):
+    """logsumexp evaluated in np.longdouble (80-bit on x86-64 Linux).
+
+    Used as the oracle for float64 accuracy checks, where a float64 oracle
+    would contribute an error comparable to the one being measured.
+    """
+    x = np.asarray(x).astype(np.longdouble)
+    m = np.max(x, axis=axis, keepdims=True)
+    s = np.sum(np.exp(x - m), axis=axis, keepdims=True)
+    return np.squeeze(m + np.log(s), axis=axis)
+
+
+# ---------------------------------------------------------------------------
+# cross entropy / nll
+# ---------------------------------------------------------------------------
+
+
+def _moved(x, axis):
+    """Float64 copy of ``x`` with the class axis moved last, and that axis."""
+    x = np.asarray(x, dtype=np.float64)
+    ax = class_axis(x.ndim, axis)
+    return np.moveaxis(x, ax, -1), ax
+
+
+def cross_entropy_ref(
+    x,
+    target,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    axis=None,
+):
+    """Float64 cross entropy with PyTorch semantics (see module docstring)."""
+    xm, ax = _moved(x, axis)
+    n_classes = xm.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    e = float(label_smoothing)
+    nlp = _sp_logsumexp(xm, axis=-1, keepdims=True) - xm  # -log p, (..., C)
+    target = np.asarray(target)
+
+    if target.dtype.kind == "f":  # class probabilities
+        q = np.moveaxis(target.astype(np.float64), ax, -1)
+        if e > 0:
+            q = (1.0 - e) * q + e / n_classes
+        loss = np.sum(w * q * nlp, axis=-1)
+        return _reduce(loss, reduction, loss.size)
+
+    t = target.astype(np.int64)
+    ignored = t == ignore_index
+    safe = np.where(ignored, 0, t)
+    if np.any((safe < 0) | (safe >= n_classes)):
+        raise IndexError("reference: target out of range")
+    w_y = w[safe]
+    loss = w_y * np.take_along_axis(nlp, safe[..., None], axis=-1)[..., 0]
+    if e > 0:
+        loss = (1.0 - e) * loss + (e / n_classes) * np.sum(w * nlp, axis=-1)
+    loss = np.where(ignored, 0.0, loss)
+    return _reduce(loss, reduction, np.sum(np.where(ignored, 0.0, w_y)))
+
+
+def nll_loss_ref(x, target, weight=None, ignore_index=-100, reduction="mean", axis=None):
+    """Float64 negative log-likelihood with PyTorch semantics (input = log-probs)."""
+    xm, _ = _moved(x, axis)
+    n_classes = xm.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, np.float64)
+    t = np.asarray(target).astype(np.int64)
+    ignored = t == ignore_index
+    safe = np.where(ignored, 0, t)
+    w_y = np.where(ignored, 0.0, w[safe])
+    picked = np.take_along_axis(xm, safe[..., None], axis=-1)[..., 0]
+    loss = np.where(ignored, 0.0, -w_y * picked)
+    return _reduce(loss, reduction, np.sum(w_y))
+
+
+# ---------------------------------------------------------------------------
+# error scales: a natural magnitude for each result, used for tolerances
+# ---------------------------------------------------------------------------
+
+
+def loss_scale(x, target, weight=None, axis=None):
+    """Per-element magnitude bound for a cross-entropy loss.
+
+    Every term of the loss is a weighted combination of ``lse - x_c``; the
+    rounding error of a good implementation is a few ulp of
+    ``max|w| * (|lse| + max_c |x_c|) * (sum of target mass)``.
+    """
+    xm, ax = _moved(x, axis)
+    lse = _sp_logsumexp(xm, axis=-1)
+    wmax = 1.0 if weight is None else float(np.max(np.abs(np.asarray(weight, np.float64))))
+    scale = wmax * (np.abs(lse) + np.max(np.abs(xm), axis=-1))
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        q = np.moveaxis(target.astype(np.float64), ax, -1)
+        scale = scale * np.maximum(1.0, np.sum(np.abs(q), axis=-1))
+    return scale
+
+
+def ce_denominator(x, target, weight=None, ignore_index=-100, axis=None):
+    """What reduction="mean" divides by."""
+    target = np.asarray(target)
+    xm, _ = _moved(x, axis)
+    if target.dtype.kind == "f":
+        return float(np.prod(xm.shape[:-1]))
+    t = target.astype(np.int64)
+    ignored = t == ignore_index
+    if weight is None:
+        return float(np.count_nonzero(~ignored))
+    w = np.asarray(weight, np.float64)
+    return float(np.sum(w[np.where(ignored, 0, t)][~ignored]))
+
+
+def _tolerance(elem_tol, reduction, denom, want, rtol):
+    if reduction == "none":
+        return elem_tol
+    tol = float(np.sum(elem_tol))
+    if reduction == "mean":
+        tol = tol / abs(denom) if denom else 0.0
+    with np.errstate(invalid="ignore"):
+        return tol + rtol * np.abs(want)
+
+
+def ce_expected(x, target, dtype, reduction="mean", weight=None, ignore_index=-100,
+                label_smoothing=0.0, axis=None, ulps=16, rtol=None):
+    """(reference value, absolute tolerance) for a cross_entropy call.
+
+    Element tolerance: ``ulps`` ulp of the element's natural magnitude
+    (see loss_scale).  Aggregated results additionally get ``rtol`` relative
+    slack (1e-5 for float32, 1e-12 for float64 by default).
+    """
+    want = cross_entropy_ref(x, target, weight, ignore_index, reduction, label_smoothing, axis)
+    elem_tol = ulps * eps_of(dtype) * loss_scale(x, target, weight, axis)
+    if rtol is None:
+        rtol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    denom = ce_denominator(x, target, weight, ignore_index, axis)
+    return want, _tolerance(elem_tol, reduction, denom, want, rtol)
+
+
+def nll_expected(x, target, dtype, reduction="mean", weight=None, ignore_index=-100,
+                 axis=None, ulps=4, rtol=None):
+    """(reference value, absolute tolerance) for an nll_loss call."""
+    want = nll_loss_ref(x, target, weight, ignore_index, reduction, axis)
+    xm, _ = _moved(x, axis)
+    wmax = 1.0 if weight is None else float(np.max(np.abs(np.asarray(weight, np.float64))))
+    elem_tol = ulps * eps_of(dtype) * wmax * np.max(np.abs(xm), axis=-1)
+    if rtol is None:
+        rtol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    denom = ce_denominator(x, target, weight, ignore_index, axis)
+    return want, _tolerance(elem_tol, reduction, denom, want, rtol)
+
+
+def softmax_family_tolerance(kind, x, axis, dtype, ulps=8, keepdims=False):
+    """Absolute tolerance for log_softmax / softmax / logsumexp results."""
+    x64 = np.asarray(x, dtype=np.float64)
+    lse = _sp_logsumexp(x64, axis=axis, keepdims=True)
+    mag = np.abs(lse) + np.max(np.abs(x64), axis=axis, keepdims=True)
+    eps = eps_of(dtype)
+    if kind == "logsumexp":
+        tol = ulps * eps * mag
+        return tol if keepdims else np.squeeze(tol, axis=axis)
+    if kind == "log_softmax":
+        return ulps * eps * (mag + np.abs(x64))
+    if kind == "softmax":
+        # exp(x - max) / sum: relative error ~ eps * (1 + |x - max|)
+        p = np.exp(x64 - lse)
+        gap = np.max(x64, axis=axis, keepdims=True) - x64
+        with np.errstate(invalid="ignore"):
+            return ulps * eps * p * (2.0 + gap) + 2 * np.finfo(dtype).tiny
+    raise ValueError(kind)
+
+
+def assert_within(got, want, tol, what=""):
+    """|got - want| <= tol elementwise; NaNs and infinities must match."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), want.shape)
+    same_nonfinite = (np.isnan(got) & np.isnan(want)) | (np.isinf(want) & (got == want))
+    finite = np.isfinite(want)
+    with np.errstate(invalid="ignore"):
+        ok = same_nonfinite | (finite & (np.abs(got - want) <= tol))
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok.ravel())
+        i = bad[0]
+        raise AssertionError(
+            f"{what}: {bad.size} of {ok.size} elements out of tolerance; "
+            f"first at flat index {i}: got {got.ravel()[i]!r}, want {want.ravel()[i]!r}, "
+            f"tol {tol.ravel()[i]!r}, err {abs(got.ravel()[i] - want.ravel()[i])!r}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# data generation
+# ---------------------------------------------------------------------------
+
+
+def make_logits(rng, shape, dtype, scale=3.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def make_targets(rng, shape, n_classes, ignore_index=None, dtype=np.int64, frac_ignored=0.25):
+    """Random class indices; a fraction set to ``ignore_index`` when given."""
+    t = rng.integers(0, n_classes, size=shape)
+    if ignore_index is not None and t.size:
+        mask = rng.random(shape) < frac_ignored
+        flat = np.asarray(mask).reshape(-1)
+        flat[0] = True  # at least one ignored element
+        if t.size > 1:
+            flat[-1] = False  # ... and at least one kept
+        mask = flat.reshape(np.shape(t))
+        t = np.where(mask, ignore_index, t)
+    return np.asarray(t).astype(dtype)
+
+
+def make_soft_targets(rng, shape, dtype, axis=None):
+    """Class probabilities along the class axis (softmax of random values)."""
+    ax = class_axis(len(shape), axis)
+    return softmax_ref(rng.standard_normal(shape) * 2.0, axis=ax).astype(dtype)
+
+
+def make_weight(rng, n_classes, dtype):
+    return rng.uniform(0.25, 2.0, size=n_classes).astype(dtype)
+
+
+def unaligned_copy(a, byte_offset):
+    """A copy of ``a`` whose data starts ``byte_offset`` bytes into a buffer."""
+    a = np.ascontiguousarray(a)
+    buf = bytearray(a.nbytes + byte_offset + 64)
+    base = np.frombuffer(buf, dtype=np.uint8)
+    # make the starting address deliberately misaligned relative to 64 bytes
+    shift = (-base.ctypes.data) % 64
+    out = np.frombuffer(buf, dtype=a.dtype, count=a.size, offset=shift + byte_offset).reshape(a.shape)
+    out[...] = a
+    return out
