@@ -117,10 +117,20 @@ def _reduce(xp, loss, reduction, lead_shape, denominator):
                         total / denominator)
 
 
-def _check_common(reduction, n_threads):
+def _prepare(input, target, weight, reduction, axis, n_threads, backend):
+    """Checks shared by the losses; the logits as (rows, classes) and the engine."""
+    xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
-    return _n_threads(n_threads)
+    n_threads = _n_threads(n_threads)
+    _check_floating(xp, input, "input")
+    ax = _class_axis(input.ndim, axis)
+    x, lead_shape = _as_rows(xp, input, ax)
+    if x.shape[1] == 0:
+        raise ValueError("`input` has an empty class axis (0 classes)")
+    w = _weight(xp, weight, x.shape[1], input.dtype)
+    engine = _dispatch.engine_for(xp, input, backend)
+    return xp, x, ax, lead_shape, w, n_threads, engine
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -174,19 +184,12 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     >>> float(xentc.cross_entropy(x, np.array([2, 1]), np.array([2., 4., 6.], np.float32)))
     1.059831...
     """
-    xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
-    n_threads = _check_common(reduction, n_threads)
-    _check_floating(xp, input, "input")
     label_smoothing = float(label_smoothing)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
-    ax = _class_axis(input.ndim, axis)
-    x, lead_shape = _as_rows(xp, input, ax)
+    xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
+        input, target, weight, reduction, axis, n_threads, backend)
     n_classes = x.shape[1]
-    if n_classes == 0:
-        raise ValueError("`input` has an empty class axis (0 classes)")
-    w = _weight(xp, weight, n_classes, input.dtype)
-    engine = _dispatch.engine_for(xp, input, backend)
     if xp.isdtype(target.dtype, "real floating"):
         if tuple(target.shape) != tuple(input.shape):
             raise ValueError(f"`target` of class probabilities must have the input's shape "
@@ -243,16 +246,9 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     array
         ``-weight[target] * input[target]``, reduced, in `input`'s namespace.
     """
-    xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
-    _check_common(reduction, n_threads)
-    _dispatch.engine_for(xp, input, backend)
-    _check_floating(xp, input, "input")
-    ax = _class_axis(input.ndim, axis)
-    x, lead_shape = _as_rows(xp, input, ax)
+    xp, x, _, lead_shape, w, _, _ = _prepare(
+        input, target, weight, reduction, axis, n_threads, backend)
     n_classes = x.shape[1]
-    if n_classes == 0:
-        raise ValueError("`input` has an empty class axis (0 classes)")
-    w = _weight(xp, weight, n_classes, input.dtype)
     t = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
     keep = t != ignore_index
     safe = xp.where(keep, t, xp.zeros_like(t))
