@@ -244,3 +244,11 @@ def test_more_than_2_31_elements():
     np.testing.assert_allclose(tail, [uniform, last], rtol=2e-6)
     lse_tail = xentc.logsumexp(x[-2:], axis=1, backend="cpu")
     np.testing.assert_allclose(lse_tail, [uniform, np.log(c - 1 + np.exp(3.0))], rtol=2e-6)
+
+
+def test_default_threads_follow_threadpoolctl_limits():
+    """n_threads=None uses OpenMP's limit, which threadpoolctl lowers."""
+    import xentc._core
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert xentc._core.default_threads() == 1
+        assert xentc.show_config()["threads"] == 1
