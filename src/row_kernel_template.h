@@ -372,36 +372,33 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
         c.out[c.y] = (TYPE)((double)c.out[c.y] - c.gamma);
 }
 
-/* exp of buf[0, n) in place, four vectors at a time. */
-static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n)
+/* exp of buf[0, n) in place, four vectors at a time; with drop_ones, the
+   exact ones (buf == 0) become 0: the caller counts them apart. */
+static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n, int drop_ones)
 {
+    const VT drop = XENTC_FN(splat)(drop_ones ? -1 : 0);
     int64_t j = 0;
     for (; j + 4 * NL <= n; j += 4 * NL) {
-        VT d[4];
-        for (int u = 0; u < 4; u++)
+        VT d[4], top[4];
+        for (int u = 0; u < 4; u++) {
             d[u] = XENTC_FN(load)(buf + j + u * NL);
+            top[u] = (VT)((d[u] == 0) & (VIT)drop);
+        }
         XENTC_FN(vexp_n)(d, 4);
-        for (int u = 0; u < 4; u++)
+        for (int u = 0; u < 4; u++) {
+            d[u] += top[u];
             memcpy(buf + j + u * NL, &d[u], sizeof d[u]);
+        }
     }
     for (; j < n; j += NL) {
         const int64_t len = n - j < NL ? n - j : NL;
-        XENTC_FN(store_part)(buf + j, XENTC_FN(vexp)(XENTC_FN(load_part)(buf + j, len)), len);
+        VT d = XENTC_FN(load_part)(buf + j, len);
+        const VT top = (VT)((d == 0) & (VIT)drop);
+        XENTC_FN(store_part)(buf + j, XENTC_FN(vexp)(d) + top, len);
     }
 }
 
-/*
- * Short rows (a few vectors or less): per-row vector code would spend more
- * on set-up and tails than on the row, so a group of rows is laid end to end
- * in a buffer as x - max(row) and exponentiated as one long vector; the rest
- * is scalar and cheap.
- */
-/* Rows up to this many classes take the batched path. */
-#define SHORT_C ((int64_t)64)
-#define SHORT_BUF ((int64_t)2048)
-#define SHORT_ROWS ((int64_t)256)
-
-/* Max and sum of a short row with four independent chains: one chain per
+/* Max of a short row with four independent chains: one chain per
    row would leave the FP units idle on latency. */
 static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
 {
@@ -417,26 +414,31 @@ static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
     return m[2] > m[0] ? m[2] : m[0];
 }
 
-/* sum(p) - 1 for the exps of a short row, whose max term is exactly 1: the
-   exact ones are counted apart so that the excess keeps its relative
-   precision (see block_sums). */
-static inline double XENTC_FN(short_excess)(const TYPE *p, int64_t n)
+/* sum exp(x - m) - 1 of a short row from its `ones` exact maxima and the
+   exps of the other logits, p (maxima stored as 0 by exp_buffer): with the
+   ones apart, a float sum of the rest keeps its relative precision. */
+static inline double XENTC_FN(short_excess)(const TYPE *p, int64_t n, int64_t ones)
 {
-    double s[4] = {0, 0, 0, 0}, ones = -1.0;
+    TYPE s[4] = {0, 0, 0, 0};
     int64_t k = 0;
     for (; k + 4 <= n; k += 4)
-        for (int u = 0; u < 4; u++) {
-            const int one = p[k + u] == 1;
-            ones += one;
-            s[u] += one ? 0.0 : (double)p[k + u];
-        }
-    for (; k < n; k++) {
-        const int one = p[k] == 1;
-        ones += one;
-        s[0] += one ? 0.0 : (double)p[k];
-    }
-    return ones + ((s[0] + s[1]) + (s[2] + s[3]));
+        for (int u = 0; u < 4; u++)
+            s[u] += p[k + u];
+    for (; k < n; k++)
+        s[0] += p[k];
+    return (double)(ones - 1) + ((double)(s[0] + s[1]) + (double)(s[2] + s[3]));
 }
+
+/*
+ * Short rows (a few vectors or less): per-row vector code would spend more
+ * on set-up and tails than on the row, so a group of rows is laid end to end
+ * in a buffer as x - max(row) and exponentiated as one long vector; the rest
+ * is scalar and cheap.
+ */
+/* Rows up to this many classes take the batched path. */
+#define SHORT_C ((int64_t)64)
+#define SHORT_BUF ((int64_t)2048)
+#define SHORT_ROWS ((int64_t)256)
 
 static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 {
@@ -447,6 +449,7 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         TYPE m, ls;
         double alpha, beta, gamma;
         int skip;
+        int64_t ones;
     } st[SHORT_ROWS];
     double sums[SHORT_ROWS], logs[SHORT_ROWS];
     for (int64_t g0 = i0; g0 < i1; g0 += group) {
@@ -456,12 +459,16 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             const TYPE m = XENTC_FN(short_max)(x, C);
             st[i - g0].m = m;
             TYPE *d = buf + (i - g0) * C;
-            for (int64_t k = 0; k < C; k++)
+            int64_t ones = 0;
+            for (int64_t k = 0; k < C; k++) {
                 d[k] = x[k] - m; /* as torch: NaN for a row of -inf */
+                ones += d[k] == 0;
+            }
+            st[i - g0].ones = ones;
         }
-        XENTC_FN(exp_buffer)(buf, (g1 - g0) * C);
+        XENTC_FN(exp_buffer)(buf, (g1 - g0) * C, 1);
         for (int64_t i = g0; i < g1; i++) /* NaN for a row of -inf: no max */
-            sums[i - g0] = XENTC_FN(short_excess)(buf + (i - g0) * C, C);
+            sums[i - g0] = XENTC_FN(short_excess)(buf + (i - g0) * C, C, st[i - g0].ones);
         xentc_log1p_array(sums, logs, g1 - g0);
         for (int64_t i = g0; i < g1; i++) {
             XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
@@ -494,7 +501,7 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
                 d[k] = (x[k] - st[i - g0].m) - st[i - g0].ls;
         }
         if (r->out_kind != XENTC_OUT_LOG_SOFTMAX)
-            XENTC_FN(exp_buffer)(buf, (g1 - g0) * C);
+            XENTC_FN(exp_buffer)(buf, (g1 - g0) * C, 0);
         for (int64_t i = g0; i < g1; i++) {
             if (st[i - g0].skip)
                 continue; /* zeroed by ignored() */
