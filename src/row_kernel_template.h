@@ -70,9 +70,9 @@ static inline double XENTC_FN(hsum)(VT v)
 
 /* exp(d[0..n)) in place, for d <= 0 (NaN propagates; below EXP_LO, where
    the result would be subnormal, it is 0, an absolute error below the
-   smallest normal number). Called with a constant n: the n independent dependency
-   chains are interleaved stage by stage, which keeps the FMA pipes busy where
-   one chain would leave them waiting on latency. */
+   smallest normal number). Called with a constant n: the n independent
+   dependency chains are interleaved stage by stage, which keeps the FMA
+   pipes busy where one chain would leave them waiting on latency. */
 static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
 {
     const VT lo = XENTC_FN(splat)(EXP_LO);
@@ -150,14 +150,21 @@ static inline VT XENTC_FN(coef)(const TYPE *w, const TYPE *q, int64_t j,
     return c;
 }
 
+/* The same coefficient for one logit k (short rows). */
+static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE qa, TYPE qb)
+{
+    TYPE c = w ? w[k] : 1;
+    return q ? c * (q[k] * qa + qb) : c;
+}
+
 /*
  * The terms exp(x - m) with x == m are exactly 1 and are counted apart from
  * the rest: a float32 lane holding 1 + small terms would round the small ones
  * at ulp(1) and lose the relative precision of log(sum) when the sum is
  * close to 1 (a confident prediction, whose loss is then tiny).
  *
- * acc[0] += sum of exp(x - m) over x != m, acc[3] += count of x == m; with lin, also acc[1] += sum c * (x - m) and
- * acc[2] += sum c. Keeping x - m (not x) in the linear sum keeps it exact
+ * acc[0] += sum of exp(x - m) over x != m, acc[3] += count of x == m; with
+ * lin, also acc[1] += sum c * (x - m) and acc[2] += sum c. Keeping x - m (not x) in the linear sum keeps it exact
  * for logits of any magnitude.
  */
 static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
@@ -222,7 +229,7 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
 
 /* What a row needs after its sums: scalars shared by both row paths. */
 typedef struct {
-    const TYPE *x, *w, *q; /* q: coefficient source of the linear sums */
+    const TYPE *x, *w, *q; /* q: this row's soft target, NULL for class targets */
     TYPE *out;
     int64_t y;      /* target, -1 without class targets */
     TYPE qa, qb;    /* soft coefficient: w * (qa * q + qb) */
@@ -236,7 +243,8 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
     const double e = r->label_smoothing;
     c.x = (const TYPE *)r->x + i * r->x_stride;
     c.w = (const TYPE *)r->weight;
-    /* Class-target smoothing uses coefficient w[c]; soft targets w[c]*q'[c]. */
+    /* Linear-sum coefficients: w[c] for smoothing class targets, w[c]*q'[c]
+       for soft targets (coef/coef1). */
     c.q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
     c.out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
     c.y = r->target ? r->target[i] : -1;
@@ -261,8 +269,10 @@ static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row
 }
 
 /*
- * From the row max m and acc = {sum exp(x - m), sum coef * (x - m), sum coef}
- * and ls = log(sum exp(x - m)), write loss and lse and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S needs no cancellation.
+ * From the row max m, ls = log(sum exp(x - m)) and the linear sums
+ * acc[1] = S = sum coef * (x - m), acc[2] = A = sum coef, write loss and lse
+ * and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S
+ * adds terms of one sign: no cancellation.
  */
 static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
                                     double m, double ls, const double acc[4])
@@ -307,6 +317,14 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
     }
 }
 
+/* The gradient's -(1-e)*w[y] on the target logit, after the sweep wrote
+   alpha * p - beta * coef over the whole row. */
+static inline void XENTC_FN(grad_target)(const xentc_rows *r, const XENTC_FN(row_ctx) *c)
+{
+    if (r->out_kind == XENTC_OUT_GRAD && r->target)
+        c->out[c->y] = (TYPE)((double)c->out[c->y] - c->gamma);
+}
+
 /* Long rows: vector second pass over row x (from cache): out = f(x - m - ls). */
 static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *c,
                                   TYPE m, TYPE ls)
@@ -314,7 +332,6 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
     const int64_t C = r->n_classes;
     const VT vm = XENTC_FN(splat)(m), vls = XENTC_FN(splat)(ls);
     const TYPE alpha = (TYPE)c->alpha, beta = (TYPE)c->beta;
-    const TYPE *lq = r->target ? NULL : c->q;
     for (int64_t j = 0; j < C; j += NL) {
         const int64_t len = C - j < NL ? C - j : NL;
         VT d = (len == NL ? XENTC_FN(load)(c->x + j) : XENTC_FN(load_part)(c->x + j, len)) - vm - vls;
@@ -324,7 +341,7 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
         } else if (r->out_kind == XENTC_OUT_SOFTMAX) {
             o = XENTC_FN(vexp)(d);
         } else {
-            VT cf = (c->w || lq) ? XENTC_FN(coef)(c->w, lq, j, len, c->qa, c->qb) : XENTC_FN(splat)(1);
+            VT cf = XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb);
             o = alpha * XENTC_FN(vexp)(d) - beta * cf;
         }
         XENTC_FN(store_part)(c->out + j, o, len);
@@ -337,7 +354,7 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
     if (XENTC_FN(ignored)(r, i, &c))
         return;
-    const TYPE *x = c.x, *w = c.w, *lq = r->target ? NULL : c.q;
+    const TYPE *x = c.x, *w = c.w, *q = c.q;
     double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t skipped = 0; /* leading elements seen while m was still -inf */
     for (int64_t b = 0; b < C; b += BLOCK) {
@@ -355,21 +372,20 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
             skipped = b + n;
             continue;
         }
-        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, lq ? lq + b : NULL, n, (TYPE)m, c.lin, c.qa, c.qb, acc);
+        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL, n, (TYPE)m, c.lin, c.qa, c.qb, acc);
     }
     /* -inf logits before the first finite one: their exp is 0 but their
        linear terms are -inf (or NaN with a zero coefficient), as in torch. */
     if (skipped > 0 && m > -INFINITY)
-        XENTC_FN(block_sums)(x, w, lq, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc);
-    /* A row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
-    /* log(ones + rest) as log1p((ones - 1) + rest): exact when the sum is near 1 */
+        XENTC_FN(block_sums)(x, w, q, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc);
+    /* log(ones + rest) as log1p((ones - 1) + rest), exact when the sum is near
+       1; a row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
     const double ls = m > -INFINITY ? log1p((acc[3] - 1.0) + acc[0]) : NAN;
     XENTC_FN(finish)(r, i, &c, m, ls, acc);
     if (!c.out)
         return;
     XENTC_FN(second_pass)(r, &c, (TYPE)m, (TYPE)ls);
-    if (r->out_kind == XENTC_OUT_GRAD && r->target)
-        c.out[c.y] = (TYPE)((double)c.out[c.y] - c.gamma);
+    XENTC_FN(grad_target)(r, &c);
 }
 
 /* exp of buf[0, n) in place, four vectors at a time; with drop_ones, the
@@ -479,9 +495,7 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             double acc[4] = {sums[i - g0], 0.0, 0.0, 1.0};
             if (c.lin)
                 for (int64_t k = 0; k < C; k++) {
-                    TYPE cf = c.w ? c.w[k] : 1;
-                    if (c.q)
-                        cf *= c.q[k] * c.qa + c.qb;
+                    const TYPE cf = XENTC_FN(coef1)(c.w, c.q, k, c.qa, c.qb);
                     acc[1] += (double)(cf * (c.x[k] - m));
                     acc[2] += (double)cf;
                 }
@@ -506,24 +520,16 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             if (st[i - g0].skip)
                 continue; /* zeroed by ignored() */
             const TYPE *v = buf + (i - g0) * C;
-            TYPE *out = (TYPE *)r->out + i * r->out_stride;
+            XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
             if (r->out_kind != XENTC_OUT_GRAD) {
-                memcpy(out, v, (size_t)C * sizeof(TYPE));
+                memcpy(c.out, v, (size_t)C * sizeof(TYPE));
                 continue;
             }
-            const TYPE *w = (const TYPE *)r->weight;
-            const TYPE *q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
-            const TYPE qa = (TYPE)(1.0 - r->label_smoothing);
-            const TYPE qb = (TYPE)(r->label_smoothing / (double)C);
             const TYPE alpha = (TYPE)st[i - g0].alpha, beta = (TYPE)st[i - g0].beta;
-            for (int64_t k = 0; k < C; k++) {
-                TYPE cf = w ? w[k] : 1;
-                if (q)
-                    cf *= q[k] * qa + qb;
-                out[k] = alpha * v[k] - beta * cf;
-            }
-            if (r->target)
-                out[r->target[i]] = (TYPE)((double)out[r->target[i]] - st[i - g0].gamma);
+            for (int64_t k = 0; k < C; k++)
+                c.out[k] = alpha * v[k] - beta * XENTC_FN(coef1)(c.w, c.q, k, c.qa, c.qb);
+            c.gamma = st[i - g0].gamma;
+            XENTC_FN(grad_target)(r, &c);
         }
     }
 }
