@@ -325,6 +325,23 @@ def make_weight(rng, n_classes, dtype):
     return rng.uniform(0.25, 2.0, size=n_classes).astype(dtype)
 
 
+def make_case(rng, shape, axis, dtype, soft):
+    """Logits, weights, targets and the matching ``ignore_index`` keyword for one case.
+
+    Class targets get some ``ignore_index=-100`` entries (none for 1-D input,
+    whose single target must count); soft targets are probabilities.
+    """
+    ax = class_axis(len(shape), axis)
+    n_classes = shape[ax]
+    x = make_logits(rng, shape, dtype)
+    w = make_weight(rng, n_classes, dtype)
+    if soft:
+        return x, w, make_soft_targets(rng, shape, dtype, axis=axis), {}
+    tshape = tuple(s for i, s in enumerate(shape) if i != ax)
+    t = make_targets(rng, tshape, n_classes, ignore_index=-100 if tshape else None)
+    return x, w, t, dict(ignore_index=-100)
+
+
 def unaligned_copy(a, byte_offset):
     """A copy of ``a`` whose data starts ``byte_offset`` bytes into a buffer."""
     a = np.ascontiguousarray(a)

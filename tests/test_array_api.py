@@ -8,14 +8,13 @@ import pytest
 
 import xentc
 from reference import (
+    make_case,
     REDUCTIONS,
     assert_within,
     ce_expected,
-    class_axis,
     log_softmax_ref,
     logsumexp_ref,
     make_logits,
-    make_soft_targets,
     make_targets,
     make_weight,
     nll_expected,
@@ -48,17 +47,7 @@ def check_strict(got, want, tol, dtype):
                          ids=["C", "NC", "NCd", "BTV_axis-1"])
 def test_cross_entropy(case, soft, reduction, dtype, rng):
     shape, axis = case
-    ax = class_axis(len(shape), axis)
-    n_classes = shape[ax]
-    x = make_logits(rng, shape, dtype)
-    w = make_weight(rng, n_classes, dtype)
-    if soft:
-        t = make_soft_targets(rng, shape, dtype, axis=axis)
-        kw = {}
-    else:
-        tshape = tuple(s for i, s in enumerate(shape) if i != ax)
-        t = make_targets(rng, tshape, n_classes, ignore_index=-100 if tshape else None)
-        kw = dict(ignore_index=-100)
+    x, w, t, kw = make_case(rng, shape, axis, dtype, soft)
     for backend in ("auto", "generic"):
         got = xentc.cross_entropy(to_strict(x), to_strict(t), to_strict(w), reduction=reduction,
                                   label_smoothing=0.1, axis=axis, backend=backend, **kw)

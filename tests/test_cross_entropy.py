@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import xentc
 from reference import (
+    make_case,
     REDUCTIONS,
     assert_within,
     ce_expected,
@@ -253,15 +254,7 @@ def test_soft_targets_need_not_be_normalised(dtype, backend, rng):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_axis(axis, soft, reduction, dtype, backend, rng):
     shape = (2, 5, 11)
-    n_classes = shape[axis]
-    x = make_logits(rng, shape, dtype)
-    w = make_weight(rng, n_classes, dtype)
-    if soft:
-        t = make_soft_targets(rng, shape, dtype, axis=axis)
-        kw = {}
-    else:
-        t = make_targets(rng, target_shape(shape, axis), n_classes, ignore_index=-100)
-        kw = dict(ignore_index=-100)
+    x, w, t, kw = make_case(rng, shape, axis, dtype, soft)
     got = check_ce(x, t, backend, dtype, weight=w, reduction=reduction, label_smoothing=0.1, axis=axis, **kw)
     if reduction == "none":
         assert np.shape(got) == target_shape(shape, axis)
