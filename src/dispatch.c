@@ -162,11 +162,13 @@ static int thread_count(int requested, int64_t n_chunks)
     return nt;
 }
 
-/* Check the chunk's targets before any row of it is read; a chunk with a bad
-   target is skipped whole (the call fails anyway). */
-static inline void run_chunk(const xentc_rows *r, int64_t i0, int64_t i1, xentc_rows_fn fn,
+/* Rows [k * per, (k + 1) * per) clipped to the batch. Their targets are
+   checked before any row is read; a chunk with a bad target is skipped whole
+   (the call fails anyway). */
+static inline void run_chunk(const xentc_rows *r, int64_t k, int64_t per, xentc_rows_fn fn,
                              int64_t *bad)
 {
+    const int64_t i0 = k * per, i1 = i0 + per < r->n_rows ? i0 + per : r->n_rows;
     if (r->target)
         for (int64_t i = i0; i < i1; i++) {
             const int64_t y = r->target[i];
@@ -197,13 +199,11 @@ static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_
 #pragma omp parallel for num_threads(nt) schedule(static)
 #endif
         for (int64_t k = 0; k < n_chunks; k++)
-            run_chunk(r, k * rows_per_chunk, (k + 1) * rows_per_chunk < n ? (k + 1) * rows_per_chunk : n,
-                      fn, &bad);
+            run_chunk(r, k, rows_per_chunk, fn, &bad);
     } else {
         /* No OpenMP call at all: also the path of a forked child. */
         for (int64_t k = 0; k < n_chunks; k++)
-            run_chunk(r, k * rows_per_chunk, (k + 1) * rows_per_chunk < n ? (k + 1) * rows_per_chunk : n,
-                      fn, &bad);
+            run_chunk(r, k, rows_per_chunk, fn, &bad);
     }
     if (bad >= 0) {
         if (bad_row)

@@ -30,10 +30,11 @@ def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
     n_rows, n_classes = x.shape
     if target is not None:
         target = np.ascontiguousarray(target, dtype=np.int64)
+    # The API layer has cast soft targets and weights to x's dtype already.
     if soft is not None:
-        soft = _rows_layout(np.asarray(soft, dtype=dtype))
+        soft = _rows_layout(soft)
     if weight is not None:
-        weight = np.ascontiguousarray(weight, dtype=dtype)
+        weight = np.ascontiguousarray(weight)
     if grad_row_scale is not None:
         grad_row_scale = np.ascontiguousarray(grad_row_scale, dtype=dtype)
     loss = np.empty(n_rows, dtype) if want_loss and (target is not None or soft is not None) else None
