@@ -534,9 +534,79 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
     }
 }
 
-/* Rows [i0, i1): short rows batched, long rows one at a time. */
+/*
+ * Narrow rows (a handful of classes) when only loss / lse are asked for: one
+ * vector lane per row, so the max, the exps and the sums of NL rows run side
+ * by side with no per-row horizontal work. Column k of the NL rows is
+ * gathered lane by lane (the rows are in L1 after the first column).
+ */
+#define NARROW_C ((int64_t)16)
+
+static inline VT XENTC_FN(column)(const TYPE *x, int64_t stride, int64_t k)
+{
+    VT v;
+    for (int64_t l = 0; l < NL; l++)
+        v[l] = x[l * stride + k];
+    return v;
+}
+
+static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
+{
+    const int64_t C = r->n_classes, stride = r->x_stride;
+    const VT minus_one = XENTC_FN(splat)(-1);
+    int64_t i = i0;
+    for (; i + NL <= i1; i += NL) {
+        const TYPE *x = (const TYPE *)r->x + i * stride;
+        VT m = XENTC_FN(splat)(-INFINITY);
+        for (int64_t k = 0; k < C; k++) {
+            const VT v = XENTC_FN(column)(x, stride, k);
+            m = XENTC_FN(sel)(v > m, v, m); /* NaN skipped; it poisons the sum */
+        }
+        /* exact ones apart from the rest, as in block_sums */
+        VT s = {0}, ones = {0};
+        int64_t k = 0;
+        for (; k + 4 <= C; k += 4) {
+            VT d[4], top[4];
+            for (int u = 0; u < 4; u++) {
+                d[u] = XENTC_FN(column)(x, stride, k + u) - m;
+                top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
+            }
+            XENTC_FN(vexp_n)(d, 4);
+            for (int u = 0; u < 4; u++) {
+                s += d[u] + top[u];
+                ones -= top[u];
+            }
+        }
+        for (; k < C; k++) {
+            const VT d = XENTC_FN(column)(x, stride, k) - m;
+            const VT top = (VT)((d == 0) & (VIT)minus_one);
+            s += XENTC_FN(vexp)(d) + top;
+            ones -= top;
+        }
+        double excess[NL], ls[NL];
+        for (int64_t l = 0; l < NL; l++)
+            excess[l] = ((double)ones[l] - 1.0) + (double)s[l];
+        xentc_log1p_array(excess, ls, NL);
+        for (int64_t l = 0; l < NL; l++) {
+            XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i + l);
+            const double acc[4] = {0.0, 0.0, 0.0, 1.0}; /* no linear sums here */
+            if (!XENTC_FN(ignored)(r, i + l, &c))
+                XENTC_FN(finish)(r, i + l, &c, m[l], ls[l], acc);
+        }
+    }
+    if (i < i1)
+        XENTC_FN(short_rows)(r, i, i1);
+}
+
+/* Rows [i0, i1): narrow rows lane-parallel, short rows batched, long rows
+   one at a time. */
 void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 {
+    const int lin = r->soft != NULL || (r->target && r->label_smoothing > 0.0);
+    if (r->n_classes <= NARROW_C && !lin && r->out_kind == XENTC_OUT_NONE) {
+        XENTC_FN(narrow_rows)(r, i0, i1);
+        return;
+    }
     if (r->n_classes <= SHORT_C) {
         XENTC_FN(short_rows)(r, i0, i1);
         return;
@@ -552,3 +622,4 @@ void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 #undef SHORT_C
 #undef SHORT_BUF
 #undef SHORT_ROWS
+#undef NARROW_C

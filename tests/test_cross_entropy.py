@@ -422,6 +422,20 @@ def test_non_finite_class_targets_match_torch(pattern, smoothing, weighted, dtyp
     _check_every_reduction_against_torch(x, t, w, smoothing, dtype, backend, pattern)
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_non_finite_rows_in_a_batch_match_torch(weighted, dtype, backend):
+    """Every pattern at once, mixed with normal rows: batches of 8+ short rows
+    take the lane-per-row path, whose lanes must not leak into each other."""
+    rows = [INF_ROWS[p] for p in INF_ROWS] + [NORMAL_ROW] * 5
+    x = np.array([r for r, _ in rows] * 2, dtype)
+    t = np.array([y for _, y in rows] * 2)
+    w = np.array([0.5, 1.0, 2.0, 3.0], dtype) if weighted else None
+    _check_every_reduction_against_torch(x, t, w, 0.0, dtype, backend, "batch")
+    got = xentc.logsumexp(x, backend=backend)
+    want = torch.logsumexp(torch.from_numpy(x.astype(np.float64)), 1).numpy()
+    np.testing.assert_allclose(got, want.astype(dtype), rtol=8 * np.finfo(dtype).eps)
+
+
 SOFT_INF_ROWS = {
     "neg_inf_logit_zero_prob": ([1.0, -INF, 2.0, 0.5], [0.5, 0.0, 0.25, 0.25]),
     "neg_inf_logit_some_prob": ([1.0, -INF, 2.0, 0.5], [0.25, 0.25, 0.25, 0.25]),
