@@ -80,7 +80,9 @@ def _weight(xp, weight, n_classes, dtype):
 
 
 def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
-    """Validated int64 (rows,) targets."""
+    """Validated targets as int64 (rows,) arrays: the targets, the mask of
+    non-ignored ones, and the targets with ignored ones replaced by 0 (safe to
+    index with)."""
     if not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"`target` must hold integer class indices or floating "
                         f"class probabilities, got dtype {target.dtype}")
@@ -89,17 +91,25 @@ def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
                          f"expected {lead_shape} (input shape without the class axis)")
     t = xp.reshape(target, (-1,))
     # Checked in the target's own dtype: a cast to int64 first could wrap a
-    # large unsigned value onto ignore_index or into range.
-    unsigned = xp.isdtype(t.dtype, "unsigned integer")
-    bad = t >= n_classes
-    if not unsigned:
-        bad = bad | (t < 0)
-    if not unsigned or ignore_index >= 0:
-        bad = bad & (t != ignore_index)
-    if bool(xp.any(bad)):
-        value = int(t[bad][0])
+    # large unsigned value onto ignore_index or into range (and some
+    # libraries wrap a negative ignore_index when comparing with unsigned).
+    if xp.isdtype(t.dtype, "unsigned integer") and ignore_index < 0:
+        keep = xp.ones(t.shape, dtype=xp.bool)
+    else:
+        keep = t != ignore_index
+    safe = xp.where(keep, t, xp.zeros_like(t))
+    if t.shape[0] and (int(xp.min(safe)) < 0 or int(xp.max(safe)) >= n_classes):
+        value = int(safe[(safe < 0) | (safe >= n_classes)][0])
         raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
-    return xp.astype(t, xp.int64, copy=False)
+    return xp.astype(t, xp.int64, copy=False), keep, xp.astype(safe, xp.int64, copy=False)
+
+
+def _mean_denominator(xp, keep, safe, w, dtype):
+    """Sum of the target weights over non-ignored elements (their count if unweighted)."""
+    if w is None:
+        return xp.astype(xp.count_nonzero(keep), dtype)
+    w_y = xp.take(w, safe)
+    return xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y)))
 
 
 def _reduce(xp, loss, reduction, lead_shape, denominator):
@@ -200,22 +210,11 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         loss, _, _ = engine.rows(xp, x, soft=soft, weight=w, label_smoothing=label_smoothing,
                                  n_threads=n_threads)
         return _reduce(xp, loss, reduction, lead_shape, float(x.shape[0]))
-    t = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
+    t, keep, safe = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
     loss, _, _ = engine.rows(xp, x, target=t, weight=w, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, n_threads=n_threads)
-    if reduction != "mean":
-        return _reduce(xp, loss, reduction, lead_shape, None)
-    return _reduce(xp, loss, reduction, lead_shape,
-                   _mean_denominator(xp, t, w, ignore_index, input.dtype))
-
-
-def _mean_denominator(xp, t, w, ignore_index, dtype):
-    """Sum of the target weights over non-ignored elements (their count if unweighted)."""
-    keep = t != ignore_index
-    if w is None:
-        return xp.sum(xp.astype(keep, dtype))
-    w_y = xp.take(w, xp.where(keep, t, xp.zeros_like(t)))
-    return xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y)))
+    denominator = _mean_denominator(xp, keep, safe, w, input.dtype) if reduction == "mean" else None
+    return _reduce(xp, loss, reduction, lead_shape, denominator)
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, axis=None,
@@ -249,14 +248,12 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     xp, x, _, lead_shape, w, _, _ = _prepare(
         input, target, weight, reduction, axis, n_threads, backend)
     n_classes = x.shape[1]
-    t = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
-    keep = t != ignore_index
-    safe = xp.where(keep, t, xp.zeros_like(t))
+    _, keep, safe = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
     picked = -xp.take_along_axis(x, safe[:, None], axis=1)[:, 0]
     if w is not None:
         picked = picked * xp.take(w, safe)
     loss = xp.where(keep, picked, xp.zeros_like(picked))
-    denominator = _mean_denominator(xp, t, w, ignore_index, input.dtype) if reduction == "mean" else None
+    denominator = _mean_denominator(xp, keep, safe, w, input.dtype) if reduction == "mean" else None
     return _reduce(xp, loss, reduction, lead_shape, denominator)
 
 
