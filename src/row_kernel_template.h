@@ -68,20 +68,23 @@ static inline double XENTC_FN(hsum)(VT v)
     return s;
 }
 
-/* exp(d[0..n)) in place, for d <= 0 (NaN propagates; below EXP_LO, where
-   the result would be subnormal, it is 0, an absolute error below the
-   smallest normal number). Called with a constant n: the n independent
+/* exp(d[0..n)) in place, for d <= 0 (NaN propagates). Below EXP_LO, where
+   the result would be subnormal, it is 0 with flush (exp(-inf) = 0 for the
+   values a caller sees), else exp(EXP_LO): inside a sum of exps, which is at
+   least 1, that is far below half an ulp, and skipping the flush frees
+   registers in the hot loops. Called with a constant n: the n independent
    dependency chains are interleaved stage by stage, which keeps the FMA
    pipes busy where one chain would leave them waiting on latency. */
-static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
+static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n, int flush)
 {
     const VT lo = XENTC_FN(splat)(EXP_LO);
     const VT shift = XENTC_FN(splat)(EXP_SHIFT);
     VT t[4], k[4], r[4], p[4];
-    VIT under[4];
+    VIT under[4] = {{0}};
     for (int u = 0; u < n; u++) {
-        under[u] = d[u] < lo;
-        d[u] = XENTC_FN(sel)(under[u], lo, d[u]);
+        if (flush)
+            under[u] = d[u] < lo;
+        d[u] = XENTC_FN(sel)(d[u] < lo, lo, d[u]);
         t[u] = d[u] * (TYPE)1.44269504088896340736 + shift; /* round(d / ln2) */
     }
     for (int u = 0; u < n; u++) {
@@ -96,13 +99,15 @@ static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n)
             p[u] = p[u] * r[u] + (TYPE)xentc_inv_factorial[j];
     for (int u = 0; u < n; u++) {
         VIT bits = (((VIT)t[u] - (VIT)shift) + EXP_BIAS) << EXP_MANT; /* 2^k */
-        d[u] = (VT)(~under[u] & (VIT)(p[u] * (VT)bits)); /* exp(-inf) = 0 */
+        d[u] = p[u] * (VT)bits;
+        if (flush) /* exp(-inf) = 0 */
+            d[u] = (VT)(~under[u] & (VIT)d[u]);
     }
 }
 
 static inline VT XENTC_FN(vexp)(VT d)
 {
-    XENTC_FN(vexp_n)(&d, 1);
+    XENTC_FN(vexp_n)(&d, 1, 1);
     return d;
 }
 
@@ -186,15 +191,13 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                units, so its max sweep does not wait on memory. */
             for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
                 __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
-            VT top[4];
-            for (int u = 0; u < 4; u++) {
+            for (int u = 0; u < 4; u++)
                 d[u] = XENTC_FN(load)(x + j + u * NL) - vm;
-                top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
-            }
-            XENTC_FN(vexp_n)(d, 4);
-            for (int u = 0; u < 4; u++) {
-                s4[u] += d[u] + top[u];
-                ones -= top[u];
+            XENTC_FN(vexp_n)(d, 4, 0);
+            for (int u = 0; u < 4; u++) { /* exp is exactly 1 only near x == m */
+                const VT top = (VT)((d[u] == 1) & (VIT)minus_one);
+                s4[u] += d[u] + top;
+                ones -= top;
             }
         }
         s += (s4[0] + s4[1]) + (s4[2] + s4[3]);
@@ -400,7 +403,7 @@ static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n, int drop_ones)
             d[u] = XENTC_FN(load)(buf + j + u * NL);
             top[u] = (VT)((d[u] == 0) & (VIT)drop);
         }
-        XENTC_FN(vexp_n)(d, 4);
+        XENTC_FN(vexp_n)(d, 4, 1);
         for (int u = 0; u < 4; u++) {
             d[u] += top[u];
             memcpy(buf + j + u * NL, &d[u], sizeof d[u]);
@@ -571,7 +574,7 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
                 d[u] = XENTC_FN(column)(x, stride, k + u) - m;
                 top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
             }
-            XENTC_FN(vexp_n)(d, 4);
+            XENTC_FN(vexp_n)(d, 4, 0);
             for (int u = 0; u < 4; u++) {
                 s += d[u] + top[u];
                 ones -= top[u];
