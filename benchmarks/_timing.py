@@ -70,7 +70,11 @@ def time_interleaved(cases, repeat=15, warmup=2, min_time=1e-3):
     Notes
     -----
     The garbage collector is disabled while timing, as `timeit` does, and
-    restored afterwards.
+    restored afterwards. Each turn starts with one untimed call: OpenMP
+    runtimes (torch's and xentc's) keep their worker threads spinning for a
+    while after a parallel region, and on a machine with few cores those
+    spinning threads would otherwise bill the next case for the previous
+    one's idle time.
     """
     names = [name for name, _ in cases]
     if len(set(names)) != len(names):
@@ -90,6 +94,7 @@ def time_interleaved(cases, repeat=15, warmup=2, min_time=1e-3):
             for k in range(len(cases)):
                 i = (rep + k) % len(cases)
                 func, number = cases[i][1], numbers[i]
+                func()  # untimed: lets the previous case's idle threads park
                 start = clock()
                 for _ in range(number):
                     func()
