@@ -18,7 +18,6 @@ import math
 import operator
 
 import numpy as np
-from array_api_compat import array_namespace
 
 from . import _dispatch
 
@@ -129,7 +128,7 @@ def _reduce(xp, loss, reduction, lead_shape, denominator):
 
 def _prepare(input, target, weight, reduction, axis, n_threads, backend):
     """Checks shared by the losses; the logits as (rows, classes) and the engine."""
-    xp = array_namespace(input, target) if weight is None else array_namespace(input, target, weight)
+    xp = _dispatch.namespace(input, target, weight)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
     n_threads = _n_threads(n_threads)
@@ -259,7 +258,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
 
 def _normalize(x, axis, out_kind, n_threads, backend):
     """log_softmax / softmax along `axis` through the engine's second pass."""
-    xp = array_namespace(x)
+    xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
     _check_floating(xp, x, "x")
     ax = _class_axis(x.ndim, -1 if axis is None else axis)
@@ -328,7 +327,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
     array
         Same namespace and dtype as `x`, the shape of `x` without `axis`.
     """
-    xp = array_namespace(x)
+    xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
     _check_floating(xp, x, "x")
     ax = _class_axis(x.ndim, axis)

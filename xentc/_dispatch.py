@@ -1,24 +1,51 @@
-"""Choose the engine for a (namespace, device): resolved once per pair and cached.
+"""Choose the namespace of the caller's arrays and the engine for a (namespace, device).
 
+The engine is resolved once per (namespace, device, backend) and cached.
 Fallback order for ``backend="auto"``: the C core for CPU arrays it can read
-without copying, then the generic array-API engine, which serves anything.
+without copying, then the OpenCL engine for ``pyopencl.array.Array``, then
+the generic array-API engine, which serves anything.
 """
 import functools
+import importlib
+import sys
 
+from array_api_compat import array_namespace
 from array_api_compat import device as _device
 
-BACKENDS = ("auto", "cpu", "generic")
-_AUTO_ORDER = ("cpu", "generic")
+BACKENDS = ("auto", "cpu", "opencl", "generic")
+_AUTO_ORDER = ("cpu", "opencl", "generic")
 
 
 def _engine(name):
-    # Imported lazily so that a broken or absent compiled core never stops the
-    # generic engine from working.
-    if name == "cpu":
-        from ._engines import cpu
-        return cpu
-    from ._engines import generic
-    return generic
+    # Imported lazily so that a broken or absent compiled core (or pyopencl)
+    # never stops the other engines from working.
+    return importlib.import_module(f"xentc._engines.{name}")
+
+
+def _is_opencl(a):
+    # Checked without importing pyopencl: a caller who has such an array has
+    # imported it already.
+    cla = sys.modules.get("pyopencl.array")
+    return cla is not None and isinstance(a, cla.Array)
+
+
+def namespace(*arrays):
+    """The array namespace of `arrays` (None entries ignored).
+
+    ``pyopencl.array.Array`` is not an array-API array; the OpenCL engine
+    provides the small namespace that the API layer needs for it.
+    """
+    arrays = [a for a in arrays if a is not None]
+    if any(_is_opencl(a) for a in arrays):
+        return _engine("opencl").namespace(*arrays)
+    return array_namespace(*arrays)
+
+
+def device_of(xp, array):
+    """A hashable key for the device of `array`."""
+    if _is_opencl(array):
+        return _engine("opencl").device_key(array)
+    return str(_device(array))
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,4 +62,4 @@ def engine_for(xp, array, backend):
     """The engine module that computes rows for `array` of namespace `xp`."""
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
-    return _resolve(xp, str(_device(array)), backend)
+    return _resolve(xp, device_of(xp, array), backend)
