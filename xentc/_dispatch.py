@@ -50,9 +50,10 @@ def device_of(xp, array):
 
 @functools.lru_cache(maxsize=None)
 def _resolve(xp, device_key, backend):
-    for name in (_AUTO_ORDER if backend == "auto" else (backend,)):
+    explicit = backend != "auto"
+    for name in ((backend,) if explicit else _AUTO_ORDER):
         engine = _engine(name)
-        if engine.accepts(xp, device_key):
+        if engine.accepts(xp, device_key, explicit):
             return engine
     raise ValueError(f"backend={backend!r} cannot serve arrays of {xp.__name__} "
                      f"on device {device_key!r}")

@@ -23,6 +23,12 @@ label_smoothing, ``w`` = weight or ones)::
 respect to x; rows with ``y == ignore_index`` are zero). ``out`` may be given
 as the destination, including ``x`` itself. Results are in ``xp`` with x's
 dtype; entries not asked for are None.
+
+Each engine also has ``name`` and ``accepts(xp, device_key, explicit)``:
+whether it can serve arrays of ``xp`` on that device, ``explicit`` being
+True when the caller named the engine with ``backend=`` (an engine may then
+accept arrays it would only reach through a copy, e.g. host arrays for
+OpenCL; ``backend="auto"`` never copies between devices).
 """
 
 OUT_KINDS = ("none", "log_softmax", "softmax", "grad")
