@@ -93,7 +93,7 @@ def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
     # large unsigned value onto ignore_index or into range (and some
     # libraries wrap a negative ignore_index when comparing with unsigned).
     if xp.isdtype(t.dtype, "unsigned integer") and ignore_index < 0:
-        keep = xp.ones(t.shape, dtype=xp.bool)
+        keep = xp.ones_like(t, dtype=xp.bool)
     else:
         keep = t != ignore_index
     safe = xp.where(keep, t, xp.zeros_like(t))
@@ -120,10 +120,9 @@ def _reduce(xp, loss, reduction, lead_shape, denominator):
     # No weight to divide by gives NaN, as in torch (whose smoothing term
     # would otherwise be x / 0 = inf).
     if isinstance(denominator, float):  # a count known without looking at data
-        return total / denominator if denominator else xp.asarray(math.nan, dtype=total.dtype)
+        return total / denominator if denominator else xp.full_like(total, math.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return xp.where(denominator == 0, xp.asarray(math.nan, dtype=total.dtype),
-                        total / denominator)
+        return xp.where(denominator == 0, xp.full_like(total, math.nan), total / denominator)
 
 
 def _prepare(input, target, weight, reduction, axis, n_threads, backend):
@@ -334,7 +333,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
     rows, lead_shape = _as_rows(xp, x, ax)
     engine = _dispatch.engine_for(xp, x, backend)
     if rows.shape[1] == 0:  # the log of an empty sum, as scipy.special.logsumexp
-        lse = xp.full(lead_shape, -math.inf, dtype=x.dtype)
+        lse = xp.reshape(xp.full_like(xp.sum(rows, axis=1), -math.inf), lead_shape)
     else:
         _, lse, _ = engine.rows(xp, rows, want_loss=False, want_lse=True, n_threads=n_threads)
         lse = xp.reshape(lse, lead_shape)

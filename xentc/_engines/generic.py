@@ -9,6 +9,7 @@ temporaries to a few times ``_BLOCK_ELEMENTS`` beyond what the caller holds.
 import math
 
 import numpy as np
+from array_api_compat import device
 
 name = "generic"
 
@@ -34,7 +35,7 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
     lse = (m + ls)[:, 0]
     # ... while torch.log_softmax (and so the loss) is NaN on such rows.
     ls = xp.where(inf_max, xp.full_like(ls, math.nan), ls)
-    w = xp.ones(n_classes, dtype=x.dtype) if weight is None else weight
+    w = xp.ones(n_classes, dtype=x.dtype, device=device(x)) if weight is None else weight
     loss = coef = keep = None
     if target is not None:
         keep = target != ignore_index
@@ -55,13 +56,13 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
     elif out_kind == "softmax":
         out = xp.exp(d - ls)
     elif out_kind == "grad":
-        g = xp.full((x.shape[0], 1), grad_scale, dtype=x.dtype)
+        g = xp.full_like(x[:, :1], grad_scale)
         if grad_row_scale is not None:
             g = g * grad_row_scale[:, None]
         p = xp.exp(d - ls)
         if target is not None:
             onehot = xp.astype(
-                xp.arange(n_classes, dtype=target.dtype)[None, :] == safe, x.dtype)
+                xp.arange(n_classes, dtype=target.dtype, device=device(x))[None, :] == safe, x.dtype)
             coef = (1 - e) * w_y[:, None] * onehot + e / n_classes * w
             g = xp.where(keep[:, None], g, xp.zeros_like(g))
         out = g * (xp.sum(coef, axis=1, keepdims=True) * p - coef)
