@@ -16,8 +16,11 @@ here is O(rows) or a reshape, written once with the array API.
 """
 import math
 import operator
+import sys
 
 import numpy as np
+
+from array_api_compat import device as _device
 
 from . import _dispatch
 
@@ -66,6 +69,11 @@ def _as_rows(xp, a, axis):
 def _from_rows(xp, r, lead_shape, axis):
     """Inverse of _as_rows for an (rows, classes) result."""
     return xp.moveaxis(xp.reshape(r, lead_shape + (r.shape[-1],)), -1, axis)
+
+
+def _acc_dtype(xp, dtype):
+    """The dtype sums run in: float32 for half-precision storage, else the input's."""
+    return dtype if dtype in (xp.float32, xp.float64) else xp.float32
 
 
 def _weight(xp, weight, n_classes, dtype):
@@ -136,7 +144,7 @@ def _prepare(input, target, weight, reduction, axis, n_threads, backend):
     x, lead_shape = _as_rows(xp, input, ax)
     if x.shape[1] == 0:
         raise ValueError("`input` has an empty class axis (0 classes)")
-    w = _weight(xp, weight, x.shape[1], input.dtype)
+    w = _weight(xp, weight, x.shape[1], _acc_dtype(xp, input.dtype))
     engine = _dispatch.engine_for(xp, input, backend)
     return xp, x, ax, lead_shape, w, n_threads, engine
 
@@ -149,7 +157,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     ----------
     input : array
         Unnormalized logits, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``
-        (classes on `axis`). float32 or float64.
+        (classes on `axis`). float32 or float64; float16 and bfloat16 are
+        read as stored and summed in float32.
     target : array
         Class indices (any integer dtype) of shape `input` without the class
         axis, or class probabilities of the same shape as `input`.
@@ -192,6 +201,68 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     >>> float(xentc.cross_entropy(x, np.array([2, 1]), np.array([2., 4., 6.], np.float32)))
     1.059831...
     """
+    if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
+        from . import torch as xentc_torch
+        return xentc_torch.cross_entropy(input, target, weight, ignore_index, reduction,
+                                         label_smoothing, axis=axis, n_threads=n_threads,
+                                         backend=backend)
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                          axis, n_threads, backend)[0]
+
+
+def _tracks_grad(a):
+    """Whether `a` is a torch tensor that autograd follows (without importing torch)."""
+    torch = sys.modules.get("torch")
+    return (torch is not None and isinstance(a, torch.Tensor) and a.requires_grad
+            and torch.is_grad_enabled())
+
+
+def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, *, grad_output=None, out=None, axis=None,
+                            n_threads=None, backend="auto"):
+    """Cross-entropy and its gradient with respect to `input`, in one pass over the logits.
+
+    The fused forward and backward of `cross_entropy`: each row of logits is
+    read once, and its gradient written while the row is still in cache.
+
+    Parameters
+    ----------
+    input, target, weight, ignore_index, reduction, label_smoothing, axis, n_threads, backend
+        As for `cross_entropy`.
+    grad_output : float or array, optional
+        The gradient of the final objective with respect to the loss
+        (default 1): a scalar for ``reduction="sum"`` / ``"mean"``, an array of
+        the loss's shape for ``reduction="none"``.
+    out : array, optional
+        Where to write the gradient: an array of `input`'s shape and dtype, in
+        its namespace. ``out=input`` overwrites the logits with their gradient,
+        so a forward and backward pass needs no memory beyond the logits.
+
+    Returns
+    -------
+    loss : array
+        As returned by `cross_entropy`.
+    grad_input : array
+        ``grad_output * d(loss)/d(input)``, `input`'s shape and dtype (`out`
+        when given). Rows whose target is `ignore_index` are exactly 0.
+
+    Examples
+    --------
+    >>> import numpy as np, xentc
+    >>> x = np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+    >>> loss, grad = xentc.cross_entropy_with_grad(x, np.array([2, 0]))
+    >>> grad.round(4)
+    array([[ 0.045 ,  0.1224, -0.1674],
+           [-0.3333,  0.1667,  0.1667]])
+    """
+    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                          axis, n_threads, backend, want_grad=True, grad_output=grad_output,
+                          out=out)
+
+
+def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                   n_threads, backend, want_grad=False, grad_output=None, out=None):
+    """The loss and, when asked, its gradient: the one path behind both public calls."""
     label_smoothing = float(label_smoothing)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
@@ -205,14 +276,74 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         if ignore_index >= 0:
             raise ValueError("`ignore_index` is not supported with class-probability targets")
         soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
-        loss, _, _ = engine.rows(xp, x, soft=soft, weight=w, label_smoothing=label_smoothing,
-                                 n_threads=n_threads)
-        return _reduce(xp, loss, reduction, lead_shape, float(x.shape[0]))
-    t, keep, safe = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
-    loss, _, _ = engine.rows(xp, x, target=t, weight=w, ignore_index=ignore_index,
-                             label_smoothing=label_smoothing, n_threads=n_threads)
-    denominator = _mean_denominator(xp, keep, safe, w, input.dtype) if reduction == "mean" else None
-    return _reduce(xp, loss, reduction, lead_shape, denominator)
+        kw = dict(soft=soft)
+        denominator = float(x.shape[0])
+    else:
+        t, keep, safe = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
+        kw = dict(target=t, ignore_index=ignore_index)
+        denominator = (_mean_denominator(xp, keep, safe, w, _acc_dtype(xp, input.dtype))
+                       if reduction == "mean" else None)
+    if want_grad:
+        kw.update(_grad_args(xp, input, grad_output, out, reduction, lead_shape, ax,
+                             denominator))
+    loss, _, grad = engine.rows(xp, x, weight=w, label_smoothing=label_smoothing,
+                                n_threads=n_threads, **kw)
+    loss = xp.astype(_reduce(xp, loss, reduction, lead_shape, denominator), input.dtype,
+                     copy=False)
+    if not want_grad:
+        return loss, None
+    if kw["out"] is None:
+        grad = _from_rows(xp, grad, lead_shape, ax)
+        if out is not None:  # only a copy could give `out` as rows
+            out[...] = grad
+            grad = out
+    else:
+        grad = out
+    return loss, grad
+
+
+def _grad_args(xp, input, grad_output, out, reduction, lead_shape, axis, denominator):
+    """Engine arguments for the gradient: its scales and destination rows."""
+    args = dict(out_kind="grad", grad_scale=1.0, grad_row_scale=None, out=None)
+    if reduction == "none":
+        if grad_output is not None:
+            go = xp.asarray(grad_output, dtype=_acc_dtype(xp, input.dtype),
+                            device=_device(input))
+            if tuple(go.shape) != lead_shape:
+                raise ValueError(f"`grad_output` must have the loss's shape {lead_shape} "
+                                 f"for reduction='none', got {tuple(go.shape)}")
+            args["grad_row_scale"] = xp.reshape(go, (-1,))
+    else:
+        go = 1.0 if grad_output is None else _scalar(grad_output, "grad_output")
+        if reduction == "mean":
+            # NaN or inf where torch's own division by a zero weight gives them.
+            den = float(denominator)
+            go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
+        args["grad_scale"] = go
+    if out is not None:
+        if tuple(out.shape) != tuple(input.shape) or out.dtype != input.dtype:
+            raise ValueError(f"`out` must have the input's shape {tuple(input.shape)} and dtype "
+                             f"{input.dtype}, got {tuple(out.shape)} and {out.dtype}")
+        args["out"] = _rows_view(xp, out, axis)
+    return args
+
+
+def _scalar(value, what):
+    """A Python float from a number or a one-element array."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{what}` must be a scalar for a reduced loss, got {value!r}") from None
+
+
+def _rows_view(xp, a, axis):
+    """A (rows, classes) view sharing `a`'s memory, or None if only a copy gives one."""
+    if axis != a.ndim - 1:
+        return None
+    try:
+        return xp.reshape(a, (-1, a.shape[-1]), copy=False)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return None
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, axis=None,
@@ -251,8 +382,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     if w is not None:
         picked = picked * xp.take(w, safe)
     loss = xp.where(keep, picked, xp.zeros_like(picked))
-    denominator = _mean_denominator(xp, keep, safe, w, input.dtype) if reduction == "mean" else None
-    return _reduce(xp, loss, reduction, lead_shape, denominator)
+    denominator = (_mean_denominator(xp, keep, safe, w, _acc_dtype(xp, input.dtype))
+                   if reduction == "mean" else None)
+    return xp.astype(_reduce(xp, loss, reduction, lead_shape, denominator), input.dtype,
+                     copy=False)
 
 
 def _normalize(x, axis, out_kind, n_threads, backend):
@@ -336,5 +469,5 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
         lse = xp.reshape(xp.full_like(xp.sum(rows, axis=1), -math.inf), lead_shape)
     else:
         _, lse, _ = engine.rows(xp, rows, want_loss=False, want_lse=True, n_threads=n_threads)
-        lse = xp.reshape(lse, lead_shape)
+        lse = xp.reshape(xp.astype(lse, x.dtype, copy=False), lead_shape)
     return xp.expand_dims(lse, axis=ax) if keepdims else lse

@@ -21,14 +21,29 @@ label_smoothing, ``w`` = weight or ones)::
 ``out_kind`` asks for a second (M, C) result: "log_softmax", "softmax" or
 "grad" (the gradient of ``grad_scale * grad_row_scale[i] * loss[i]`` with
 respect to x; rows with ``y == ignore_index`` are zero). ``out`` may be given
-as the destination, including ``x`` itself. Results are in ``xp`` with x's
-dtype; entries not asked for are None.
+as the destination, including ``x`` itself. Results are in ``xp``: ``out``
+in x's dtype, ``loss`` and ``lse`` in the accumulation dtype (float32 for
+float16 / bfloat16 ``x``, else x's dtype; ``weight`` and ``grad_row_scale``
+come in that dtype too); entries not asked for are None.
 
 Each engine also has ``name`` and ``accepts(xp, device_key, explicit)``:
 whether it can serve arrays of ``xp`` on that device, ``explicit`` being
 True when the caller named the engine with ``backend=`` (an engine may then
 accept arrays it would only reach through a copy, e.g. host arrays for
 OpenCL; ``backend="auto"`` never copies between devices).
+
+For ``log_loss`` an engine also has one read of a probability matrix::
+
+    engine.proba_rows(xp, p, target=None, *, n_threads=None)
+        -> (lo, hi, total, picked)
+
+``p`` is (M, C) with M, C >= 1, of any floating dtype, ``target`` None or
+(M,) int64 indices in ``[0, C)``. ``lo`` and ``hi`` are 0-d: the smallest and
+largest entry of ``p``, NaN when ``p`` holds a NaN; ``total`` is (M,), the row
+sums in p's dtype; ``picked`` is (M,), ``p[i, target[i]]``, or None without
+``target``. All are in ``xp``. The outputs have fixed sizes, so a threaded row
+pass can fill them: row extremes into (M,) buffers, reduced once at the end.
+Engines without ``proba_rows`` do not serve ``log_loss``.
 """
 
 OUT_KINDS = ("none", "log_softmax", "softmax", "grad")

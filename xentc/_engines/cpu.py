@@ -6,6 +6,7 @@ the logits' dtype) and results go back to the caller's namespace the same
 way; the row maths is in ``src/``.
 """
 import numpy as np
+from array_api_compat import device as _device
 
 from .. import _core
 
@@ -14,10 +15,14 @@ name = "cpu"
 _OUT_KINDS = {"none": _core.OUT_NONE, "log_softmax": _core.OUT_LOG_SOFTMAX,
               "softmax": _core.OUT_SOFTMAX, "grad": _core.OUT_GRAD}
 
+# float32 elements per block of half-precision rows: the widened block is
+# still in L2 cache when the kernel reads it.
+_HALF_BLOCK = 1 << 17
+
 
 def _host(a):
     """A NumPy view of the CPU array `a`, sharing its memory."""
-    return a if isinstance(a, np.ndarray) else np.from_dlpack(a)
+    return a if a is None or isinstance(a, np.ndarray) else np.from_dlpack(a)
 
 
 def _back(xp, a):
@@ -25,10 +30,12 @@ def _back(xp, a):
     return a if a is None or xp.__name__.endswith("numpy") else xp.from_dlpack(a)
 
 
-def _rows_layout(a):
+def _rows_layout(a, what):
     """`a` as a 2-D array whose rows have contiguous elements (copied only if not)."""
     if a.ndim == 2 and (a.shape[1] <= 1 or a.strides[1] == a.itemsize) and a.strides[0] % a.itemsize == 0:
         return a
+    if what == "out":  # a copy would lose what the kernel writes
+        raise ValueError("`out` must have contiguous classes")
     return np.ascontiguousarray(a)
 
 
@@ -36,38 +43,89 @@ def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
          label_smoothing=0.0, want_loss=True, want_lse=False, out_kind="none",
          grad_scale=1.0, grad_row_scale=None, out=None, n_threads=None):
     """Per-row loss / lse / second result through the C core; see ``xentc._engines``."""
-    hx = _rows_layout(_host(x))
-    dtype = hx.dtype
-    n_rows, n_classes = hx.shape
+    want_loss = want_loss and (target is not None or soft is not None)
     if target is not None:
         target = np.ascontiguousarray(_host(target), dtype=np.int64)
-    # The API layer has cast soft targets and weights to x's dtype already.
-    if soft is not None:
-        soft = _rows_layout(_host(soft))
-    if weight is not None:
-        weight = np.ascontiguousarray(_host(weight))
-    if grad_row_scale is not None:
-        grad_row_scale = np.ascontiguousarray(_host(grad_row_scale), dtype=dtype)
-    loss = np.empty(n_rows, dtype) if want_loss and (target is not None or soft is not None) else None
-    lse = np.empty(n_rows, dtype) if want_lse else None
-    hout = None
-    if out_kind != "none":
-        hout = np.empty((n_rows, n_classes), dtype) if out is None else _host(out)
-        if hout.shape != (n_rows, n_classes) or hout.dtype != dtype or not hout.flags.writeable:
-            raise ValueError(f"`out` must be a writable ({n_rows}, {n_classes}) array of dtype "
-                             f"{dtype}, got {hout.shape} {hout.dtype}")
-        hout = _rows_layout(hout) if out is None or hout.strides[-1] == hout.itemsize else None
-        if hout is None:
-            raise ValueError("`out` must have contiguous classes")
-    _core.rows(hx, target, soft, weight, ignore_index, label_smoothing, loss, lse,
-               _OUT_KINDS[out_kind], hout, grad_scale, grad_row_scale,
-               0 if n_threads is None else n_threads)
-    res = None
-    if out_kind != "none":
-        res = out if out is not None else _back(xp, hout)
+    kw = dict(weight=None if weight is None else np.ascontiguousarray(_host(weight)),
+              ignore_index=ignore_index, label_smoothing=label_smoothing, out_kind=out_kind,
+              grad_scale=grad_scale, n_threads=0 if n_threads is None else n_threads)
+    if x.dtype in (xp.float32, xp.float64):
+        hx = _host(x)
+        hout = None if out is None else _host(out)
+        if out_kind != "none" and out is None:
+            hout = np.empty(hx.shape, hx.dtype)
+        loss, lse = _host_rows(hx, target, _host(soft), _host(grad_row_scale), hout,
+                               want_loss, want_lse, **kw)
+        res = None if out_kind == "none" else (out if out is not None else _back(xp, hout))
+    else:
+        loss, lse, res = _half_rows(xp, x, target, soft, grad_row_scale, out, want_loss,
+                                    want_lse, **kw)
     return _back(xp, loss), _back(xp, lse), res
+
+
+def _host_rows(x, target, soft, grad_row_scale, out, want_loss, want_lse, *, weight,
+               ignore_index, label_smoothing, out_kind, grad_scale, n_threads):
+    """The C core on NumPy arrays; writes `out` and returns (loss, lse)."""
+    x = _rows_layout(x, "input")
+    n_rows, dtype = x.shape[0], x.dtype
+    if soft is not None:
+        soft = _rows_layout(soft, "target")
+    if grad_row_scale is not None:
+        grad_row_scale = np.ascontiguousarray(grad_row_scale, dtype=dtype)
+    if out is not None:
+        if out.shape != x.shape or out.dtype != dtype or not out.flags.writeable:
+            raise ValueError(f"`out` must be a writable {x.shape} array of dtype {dtype}, "
+                             f"got {out.shape} {out.dtype}")
+        out = _rows_layout(out, "out")
+    loss = np.empty(n_rows, dtype) if want_loss else None
+    lse = np.empty(n_rows, dtype) if want_lse else None
+    _core.rows(x, target, soft, weight, ignore_index, label_smoothing, loss, lse,
+               _OUT_KINDS[out_kind], out if out_kind != "none" else None,
+               grad_scale, grad_row_scale, n_threads)
+    return loss, lse
+
+
+def _half_rows(xp, x, target, soft, grad_row_scale, out, want_loss, want_lse, **kw):
+    """float16 / bfloat16 rows: each block widened to float32 in the caller's
+    namespace (NumPy has no bfloat16), run, and its second result narrowed back."""
+    n_rows, n_classes = x.shape
+    loss = np.empty(n_rows, np.float32) if want_loss else None
+    lse = np.empty(n_rows, np.float32) if want_lse else None
+    res = out
+    if kw["out_kind"] != "none" and res is None:
+        res = xp.empty(x.shape, dtype=x.dtype, device=_device(x))
+    step = max(1, _HALF_BLOCK // n_classes)
+    for start in range(0, n_rows, step):
+        sl = slice(start, min(start + step, n_rows))
+        xb = _host(xp.astype(x[sl, :], xp.float32))
+        sb = None if soft is None else _host(xp.astype(soft[sl, :], xp.float32))
+        ob = None if res is None else np.empty_like(xb)
+        lb, sb_lse = _host_rows(
+            xb, None if target is None else target[sl], sb,
+            None if grad_row_scale is None else _host(grad_row_scale)[sl], ob,
+            want_loss, want_lse, **kw)
+        if loss is not None:
+            loss[sl] = lb
+        if lse is not None:
+            lse[sl] = sb_lse
+        if ob is not None:
+            res[sl, :] = xp.astype(_back(xp, ob), x.dtype)
+    return loss, lse, res
 
 
 def accepts(xp, device, explicit):
     """CPU arrays of any namespace (they reach the core through DLPack)."""
     return "cpu" in device.lower()
+
+
+def proba_rows(xp, p, target=None, *, n_threads=None):
+    """Extremes, row sums and target entries of probabilities; see ``xentc._engines``.
+
+    Computed by NumPy for now (single-threaded), on a view of the caller's memory.
+    """
+    import array_api_compat.numpy as np_xp
+
+    from . import generic
+
+    res = generic.proba_rows(np_xp, _host(p), None if target is None else _host(target))
+    return tuple(None if r is None else _back(xp, np.asarray(r)) for r in res)

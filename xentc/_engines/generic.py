@@ -85,33 +85,56 @@ def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
 def _rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss,
           want_lse, out_kind, grad_scale, grad_row_scale, out, step):
     n_rows = x.shape[0]
+    # Half-precision storage is summed in float32, a block at a time.
+    half = x.dtype not in (xp.float32, xp.float64)
+    res = out
+    if out_kind != "none" and res is None and _mutable(xp):
+        res = xp.empty(x.shape, dtype=x.dtype, device=device(x))
     parts = []
-    for start in range(0, n_rows, step):
+    # range(max(n, 1)): with no rows, one run on the empty arrays still
+    # gives results of the right shapes and dtypes.
+    for start in range(0, max(n_rows, 1), step):
         sl = slice(start, min(start + step, n_rows))
-        parts.append(_block_rows(
-            xp, x[sl, :],
-            None if target is None else target[sl],
-            None if soft is None else soft[sl, :],
-            weight, ignore_index, label_smoothing, out_kind, grad_scale,
-            None if grad_row_scale is None else grad_row_scale[sl]))
-    if not parts:  # no rows: run once on the empty array for shapes/dtypes
-        parts.append(_block_rows(xp, x, target, soft, weight, ignore_index,
-                                 label_smoothing, out_kind, grad_scale,
-                                 grad_row_scale))
+        xb = x[sl, :]
+        sb = None if soft is None else soft[sl, :]
+        if half:
+            xb = xp.astype(xb, xp.float32)
+            sb = None if sb is None else xp.astype(sb, xp.float32)
+        loss, lse, ob = _block_rows(
+            xp, xb, None if target is None else target[sl], sb, weight, ignore_index,
+            label_smoothing, out_kind, grad_scale,
+            None if grad_row_scale is None else grad_row_scale[sl])
+        if ob is not None:
+            ob = xp.astype(ob, x.dtype, copy=False)
+            if res is not None:  # written in place: no second (rows, classes) array
+                res[sl, :] = ob
+                ob = None
+        parts.append((loss, lse, ob))
 
     def join(k):
         if parts[0][k] is None:
             return None
         return parts[0][k] if len(parts) == 1 else xp.concat([p[k] for p in parts])
 
-    loss, lse, res = join(0), join(1), join(2)
-    if res is not None and out is not None:
-        out[...] = res
-        res = out
-    return (loss if want_loss else None), (lse if want_lse else None), res
+    if out_kind != "none" and res is None:
+        res = join(2)
+    return (join(0) if want_loss else None), (join(1) if want_lse else None), res
+
+
+def _mutable(xp):
+    """Whether arrays of `xp` can be written into (JAX's cannot)."""
+    return not xp.__name__.startswith("jax")
 
 
 def accepts(xp, device, explicit):
     """The generic engine serves every array-API namespace and device."""
     return True
 
+
+def proba_rows(xp, p, target=None, *, n_threads=None):
+    """Extremes, row sums and target entries of probabilities; see ``xentc._engines``."""
+    # Out-of-range values may overflow the sums; the caller reports them from lo / hi.
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo, hi, total = xp.min(p), xp.max(p), xp.sum(p, axis=1)
+    picked = None if target is None else xp.take_along_axis(p, target[:, None], axis=1)[:, 0]
+    return lo, hi, total, picked

@@ -1,0 +1,126 @@
+"""PyTorch integration: xentc's fused loss as an autograd function and an ``nn.Module``.
+
+``xentc.cross_entropy`` comes here by itself for a tensor that requires
+grad; import this module for `CrossEntropyLoss`. Importing ``xentc`` never
+imports torch: only this module does.
+"""
+import torch
+
+from . import _api
+
+__all__ = ["CrossEntropyLoss", "cross_entropy"]
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Forward runs the fused kernel and keeps the gradient it wrote.
+
+    The kernel writes ``d(loss)/d(input)`` while each row is in cache, so the
+    backward pass is at most one scaling of that buffer (none when
+    ``grad_output`` is 1, as after ``loss.backward()``). Keeping the log-sum-
+    exp instead and recomputing in backward would read the logits twice;
+    the buffer costs what torch's own saved ``log_softmax`` costs.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                n_threads, backend):
+        loss, grad = _api.cross_entropy_with_grad(
+            input.detach(), target.detach(), None if weight is None else weight.detach(),
+            ignore_index, reduction, label_smoothing, axis=axis, n_threads=n_threads,
+            backend=backend)
+        ctx.save_for_backward(grad)
+        ctx.reduction = reduction
+        ctx.axis = axis
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        # create_graph=True runs backward in grad mode: the saved gradient has
+        # no graph of its own to differentiate, so say so instead of
+        # returning a gradient that silently stops there.
+        if torch.is_grad_enabled():
+            raise RuntimeError("xentc.cross_entropy does not support double backward "
+                               "(create_graph=True); use torch.nn.functional.cross_entropy "
+                               "for higher-order gradients")
+        (grad,) = ctx.saved_tensors
+        if ctx.reduction != "none":
+            if not bool(grad_output == 1):
+                grad = grad * grad_output
+        else:
+            # The class axis of the gradient is where the loss has none.
+            ndim = grad.ndim
+            ax = _api._class_axis(ndim, ctx.axis)
+            grad = grad * grad_output.unsqueeze(ax)
+        return grad, None, None, None, None, None, None, None, None
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, *, axis=None, n_threads=None, backend="auto"):
+    """`xentc.cross_entropy` attached to torch's autograd.
+
+    Parameters and results are those of `xentc.cross_entropy`; the result
+    has a ``grad_fn`` when `input` requires grad (and grad mode is on), and
+    its backward pass returns the gradient the forward pass already wrote.
+    Gradients with respect to `weight` or to probability targets are not
+    computed (torch does not compute the former either); asking for them is
+    an error. Differentiating twice raises an error.
+    """
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        return _api.cross_entropy(input, target, weight, ignore_index, reduction,
+                                  label_smoothing, axis=axis, n_threads=n_threads,
+                                  backend=backend)
+    for name, t in (("weight", weight), ("target", target)):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise NotImplementedError(f"xentc computes no gradient with respect to `{name}`; "
+                                      f"detach it or use torch.nn.functional.cross_entropy")
+    return _CrossEntropy.apply(input, target, weight, ignore_index, reduction,
+                               label_smoothing, axis, n_threads, backend)
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """``torch.nn.CrossEntropyLoss`` computed by xentc's fused kernel.
+
+    Parameters
+    ----------
+    weight : Tensor, optional
+        Per-class weights, shape ``(C,)``; registered as a buffer, so it moves
+        with ``.to()``.
+    size_average, reduce : None
+        torch's deprecated arguments; only their default (None) is accepted.
+    ignore_index : int, default -100
+        Target value that contributes neither loss nor gradient.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        As torch's.
+    label_smoothing : float, default 0.0
+        In ``[0, 1]``.
+    n_threads : int, optional
+        Threads of the C core (keyword-only); default all cores.
+
+    Examples
+    --------
+    >>> import torch, xentc.torch
+    >>> loss_fn = xentc.torch.CrossEntropyLoss(ignore_index=0)
+    >>> x = torch.randn(4, 5, requires_grad=True)
+    >>> loss_fn(x, torch.tensor([1, 0, 3, 4])).backward()
+    """
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0, *, n_threads=None):
+        super().__init__()
+        if size_average is not None or reduce is not None:
+            raise ValueError("`size_average` and `reduce` are deprecated in torch; "
+                             "use `reduction`")
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.n_threads = n_threads
+
+    def forward(self, input, target):
+        """The loss of `input` logits against `target`, as ``F.cross_entropy``."""
+        return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
+                             self.label_smoothing, n_threads=self.n_threads)
+
+    def extra_repr(self):
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}")
