@@ -17,6 +17,7 @@ here is O(rows) or a reshape, written once with the array API.
 import math
 import operator
 import sys
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,6 +26,12 @@ from array_api_compat import device as _device
 from . import _dispatch
 
 _REDUCTIONS = ("none", "sum", "mean")
+
+# Any array-API array (NumPy, torch, CuPy, JAX, array-api-strict...) or a
+# pyopencl.array.Array: there is no common static type to name.
+Array = Any
+Reduction = Literal["none", "sum", "mean"]
+Backend = Literal["auto", "cpu", "opencl", "generic"]
 
 
 def _class_axis(ndim, axis):
@@ -149,8 +156,10 @@ def _prepare(input, target, weight, reduction, axis, n_threads, backend):
     return xp, x, ax, lead_shape, w, n_threads, engine
 
 
-def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, *, axis=None, n_threads=None, backend="auto"):
+def cross_entropy(input: Array, target: Array, weight: Array | None = None,
+                  ignore_index: int = -100, reduction: Reduction = "mean",
+                  label_smoothing: float = 0.0, *, axis: int | None = None,
+                  n_threads: int | None = None, backend: Backend = "auto") -> Array:
     """Cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
@@ -177,8 +186,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     n_threads : int, optional
         Threads of the C core; default all cores (OpenMP's limit, which
         threadpoolctl and ``OMP_NUM_THREADS`` set). Results do not depend on it.
-    backend : {"auto", "cpu", "generic"}, default "auto"
-        Engine: the C core for CPU arrays, else the array-API engine.
+    backend : {"auto", "cpu", "opencl", "generic"}, default "auto"
+        Engine: the C core for CPU arrays, OpenCL for ``pyopencl.array.Array``,
+        else the array-API engine; naming one that cannot serve the arrays raises.
 
     Returns
     -------
@@ -202,12 +212,16 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     1.059831...
     """
     if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
-        from . import torch as xentc_torch
-        return xentc_torch.cross_entropy(input, target, weight, ignore_index, reduction,
-                                         label_smoothing, axis=axis, n_threads=n_threads,
-                                         backend=backend)
+        return _autograd("cross_entropy", input, target, weight, ignore_index, reduction,
+                         label_smoothing, axis=axis, n_threads=n_threads, backend=backend)
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
                           axis, n_threads, backend)[0]
+
+
+def _autograd(name, *args, **kwargs):
+    """Call `name` of ``xentc.torch``: the function wrapped as a torch autograd node."""
+    from . import torch as xentc_torch
+    return getattr(xentc_torch, name)(*args, **kwargs)
 
 
 def _tracks_grad(a):
@@ -217,9 +231,12 @@ def _tracks_grad(a):
             and torch.is_grad_enabled())
 
 
-def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, *, grad_output=None, out=None, axis=None,
-                            n_threads=None, backend="auto"):
+def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = None,
+                            ignore_index: int = -100, reduction: Reduction = "mean",
+                            label_smoothing: float = 0.0, *,
+                            grad_output: float | Array | None = None, out: Array | None = None,
+                            axis: int | None = None, n_threads: int | None = None,
+                            backend: Backend = "auto") -> tuple[Array, Array]:
     """Cross-entropy and its gradient with respect to `input`, in one pass over the logits.
 
     The fused forward and backward of `cross_entropy`: each row of logits is
@@ -346,8 +363,9 @@ def _rows_view(xp, a, axis):
         return None
 
 
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *, axis=None,
-             n_threads=None, backend="auto"):
+def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_index: int = -100,
+             reduction: Reduction = "mean", *, axis: int | None = None,
+             n_threads: int | None = None, backend: Backend = "auto") -> Array:
     """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
 
     Parameters
@@ -412,7 +430,7 @@ _NORMALIZE_DOC = """{summary}
         The axis to normalize over.
     n_threads : int, optional
         Threads of the C core; default all cores.
-    backend : {{"auto", "cpu", "generic"}}, default "auto"
+    backend : {{"auto", "cpu", "opencl", "generic"}}, default "auto"
         Engine, as for `cross_entropy`.
 
     Returns
@@ -422,11 +440,17 @@ _NORMALIZE_DOC = """{summary}
     """
 
 
-def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
+def log_softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
+                backend: Backend = "auto") -> Array:
+    if _tracks_grad(x):
+        return _autograd("log_softmax", x, axis, n_threads=n_threads, backend=backend)
     return _normalize(x, axis, "log_softmax", n_threads, backend)
 
 
-def softmax(x, axis=-1, *, n_threads=None, backend="auto"):
+def softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
+            backend: Backend = "auto") -> Array:
+    if _tracks_grad(x):
+        return _autograd("softmax", x, axis, n_threads=n_threads, backend=backend)
     return _normalize(x, axis, "softmax", n_threads, backend)
 
 
@@ -438,7 +462,8 @@ softmax.__doc__ = _NORMALIZE_DOC.format(
     returns="; sums to one along `axis`")
 
 
-def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
+def logsumexp(x: Array, axis: int = -1, keepdims: bool = False, *,
+              n_threads: int | None = None, backend: Backend = "auto") -> Array:
     """``log(sum(exp(x), axis))`` without overflow, as ``scipy.special.logsumexp``.
 
     Parameters
@@ -451,7 +476,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
         Keep the reduced axis with length one.
     n_threads : int, optional
         Threads of the C core; default all cores.
-    backend : {"auto", "cpu", "generic"}, default "auto"
+    backend : {"auto", "cpu", "opencl", "generic"}, default "auto"
         Engine, as for `cross_entropy`.
 
     Returns
@@ -459,6 +484,8 @@ def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
     array
         Same namespace and dtype as `x`, the shape of `x` without `axis`.
     """
+    if _tracks_grad(x):
+        return _autograd("logsumexp", x, axis, keepdims, n_threads=n_threads, backend=backend)
     xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
     _check_floating(xp, x, "x")

@@ -8,7 +8,17 @@ import torch
 
 from . import _api
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "log_softmax", "softmax", "logsumexp"]
+
+
+def _refuse_double_backward(what):
+    # create_graph=True runs backward in grad mode: the saved results have no
+    # graph of their own to differentiate, so say so instead of returning a
+    # gradient that silently stops there.
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"xentc.{what} does not support double backward "
+                           f"(create_graph=True); use torch's own {what} for higher-order "
+                           f"gradients")
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -35,13 +45,7 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        # create_graph=True runs backward in grad mode: the saved gradient has
-        # no graph of its own to differentiate, so say so instead of
-        # returning a gradient that silently stops there.
-        if torch.is_grad_enabled():
-            raise RuntimeError("xentc.cross_entropy does not support double backward "
-                               "(create_graph=True); use torch.nn.functional.cross_entropy "
-                               "for higher-order gradients")
+        _refuse_double_backward("cross_entropy")
         (grad,) = ctx.saved_tensors
         if ctx.reduction != "none":
             if not bool(grad_output == 1):
@@ -75,6 +79,63 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                                       f"detach it or use torch.nn.functional.cross_entropy")
     return _CrossEntropy.apply(input, target, weight, ignore_index, reduction,
                                label_smoothing, axis, n_threads, backend)
+
+
+class _Normalize(torch.autograd.Function):
+    """log_softmax / softmax: backward from the saved output alone."""
+
+    @staticmethod
+    def forward(ctx, x, axis, out_kind, n_threads, backend):
+        y = _api._normalize(x.detach(), axis, out_kind, n_threads, backend)
+        ctx.save_for_backward(y)
+        ctx.axis = _api._class_axis(x.ndim, -1 if axis is None else axis)
+        ctx.out_kind = out_kind
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        _refuse_double_backward(ctx.out_kind)
+        (y,) = ctx.saved_tensors
+        if ctx.out_kind == "log_softmax":
+            grad = g - torch.exp(y) * g.sum(ctx.axis, keepdim=True)
+        else:
+            grad = y * (g - (g * y).sum(ctx.axis, keepdim=True))
+        return grad, None, None, None, None
+
+
+class _LogSumExp(torch.autograd.Function):
+    """logsumexp: d/dx = exp(x - lse), the softmax."""
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdims, n_threads, backend):
+        lse = _api.logsumexp(x.detach(), axis, keepdims, n_threads=n_threads, backend=backend)
+        ctx.save_for_backward(x, lse)
+        ctx.axis = _api._class_axis(x.ndim, axis)
+        ctx.keepdims = keepdims
+        return lse
+
+    @staticmethod
+    def backward(ctx, g):
+        _refuse_double_backward("logsumexp")
+        x, lse = ctx.saved_tensors
+        if not ctx.keepdims:
+            g, lse = g.unsqueeze(ctx.axis), lse.unsqueeze(ctx.axis)
+        return g * torch.exp(x.detach() - lse), None, None, None, None
+
+
+def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
+    """`xentc.log_softmax` attached to torch's autograd (see `xentc.log_softmax`)."""
+    return _Normalize.apply(x, axis, "log_softmax", n_threads, backend)
+
+
+def softmax(x, axis=-1, *, n_threads=None, backend="auto"):
+    """`xentc.softmax` attached to torch's autograd (see `xentc.softmax`)."""
+    return _Normalize.apply(x, axis, "softmax", n_threads, backend)
+
+
+def logsumexp(x, axis=-1, keepdims=False, *, n_threads=None, backend="auto"):
+    """`xentc.logsumexp` attached to torch's autograd (see `xentc.logsumexp`)."""
+    return _LogSumExp.apply(x, axis, keepdims, n_threads, backend)
 
 
 class CrossEntropyLoss(torch.nn.Module):
