@@ -21,40 +21,48 @@ def _refuse_double_backward(what):
                            f"gradients")
 
 
+def _detach(a):
+    return a.detach() if isinstance(a, torch.Tensor) else a
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Forward runs the fused kernel and keeps the gradient it wrote.
 
     The kernel writes ``d(loss)/d(input)`` while each row is in cache, so the
-    backward pass is at most one scaling of that buffer (none when
-    ``grad_output`` is 1, as after ``loss.backward()``). Keeping the log-sum-
-    exp instead and recomputing in backward would read the logits twice;
-    the buffer costs what torch's own saved ``log_softmax`` costs.
+    first backward pass is at most one in-place scaling of that buffer (none
+    when ``grad_output`` is 1, as after ``loss.backward()``), and the buffer
+    itself is handed on: autograd adopts it as ``.grad`` without a copy.
+    Keeping only the log-sum-exp would read the logits again in backward.
+    A second backward through a retained graph (gradcheck does this)
+    recomputes the gradient from the saved logits.
     """
 
     @staticmethod
     def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, axis,
                 n_threads, backend):
-        loss, grad = _api.cross_entropy_with_grad(
-            input.detach(), target.detach(), None if weight is None else weight.detach(),
-            ignore_index, reduction, label_smoothing, axis=axis, n_threads=n_threads,
-            backend=backend)
-        ctx.save_for_backward(grad)
-        ctx.reduction = reduction
-        ctx.axis = axis
+        ctx.args = (_detach(target), _detach(weight), ignore_index, reduction, label_smoothing)
+        ctx.options = dict(axis=axis, n_threads=n_threads, backend=backend)
+        loss, grad = _api.cross_entropy_with_grad(input.detach(), *ctx.args, **ctx.options)
+        # An attribute, not saved: after handing the buffer on, ctx holds no
+        # reference to it, which is what lets autograd adopt it.
+        ctx.grad = grad
+        ctx.save_for_backward(input)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         _refuse_double_backward("cross_entropy")
-        (grad,) = ctx.saved_tensors
-        if ctx.reduction != "none":
-            if not bool(grad_output == 1):
-                grad = grad * grad_output
-        else:
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            (input,) = ctx.saved_tensors
+            _, grad = _api.cross_entropy_with_grad(input.detach(), *ctx.args,
+                                                   grad_output=grad_output, **ctx.options)
+        elif ctx.args[3] == "none":
             # The class axis of the gradient is where the loss has none.
-            ndim = grad.ndim
-            ax = _api._class_axis(ndim, ctx.axis)
-            grad = grad * grad_output.unsqueeze(ax)
+            axis = _api._class_axis(grad.ndim, ctx.options["axis"])
+            grad.mul_(grad_output.unsqueeze(axis))
+        elif not bool(grad_output == 1):
+            grad.mul_(grad_output)
         return grad, None, None, None, None, None, None, None, None
 
 

@@ -22,7 +22,11 @@ _HALF_BLOCK = 1 << 17
 
 def _host(a):
     """A NumPy view of the CPU array `a`, sharing its memory."""
-    return a if a is None or isinstance(a, np.ndarray) else np.from_dlpack(a)
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if getattr(a, "requires_grad", False):  # torch refuses to export those; reading is safe
+        a = a.detach()
+    return np.from_dlpack(a)
 
 
 def _back(xp, a):
@@ -30,13 +34,15 @@ def _back(xp, a):
     return a if a is None or xp.__name__.endswith("numpy") else xp.from_dlpack(a)
 
 
-def _rows_layout(a, what):
+def _row_contiguous(a):
+    """Whether `a` is 2-D with contiguous classes and whole-item row strides."""
+    return (a.ndim == 2 and (a.shape[1] <= 1 or a.strides[1] == a.itemsize)
+            and a.strides[0] % a.itemsize == 0)
+
+
+def _rows_layout(a):
     """`a` as a 2-D array whose rows have contiguous elements (copied only if not)."""
-    if a.ndim == 2 and (a.shape[1] <= 1 or a.strides[1] == a.itemsize) and a.strides[0] % a.itemsize == 0:
-        return a
-    if what == "out":  # a copy would lose what the kernel writes
-        raise ValueError("`out` must have contiguous classes")
-    return np.ascontiguousarray(a)
+    return a if _row_contiguous(a) else np.ascontiguousarray(a)
 
 
 def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
@@ -66,22 +72,25 @@ def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
 def _host_rows(x, target, soft, grad_row_scale, out, want_loss, want_lse, *, weight,
                ignore_index, label_smoothing, out_kind, grad_scale, n_threads):
     """The C core on NumPy arrays; writes `out` and returns (loss, lse)."""
-    x = _rows_layout(x, "input")
+    x = _rows_layout(x)
     n_rows, dtype = x.shape[0], x.dtype
     if soft is not None:
-        soft = _rows_layout(soft, "target")
+        soft = _rows_layout(soft)
     if grad_row_scale is not None:
         grad_row_scale = np.ascontiguousarray(grad_row_scale, dtype=dtype)
+    dest = out
     if out is not None:
         if out.shape != x.shape or out.dtype != dtype or not out.flags.writeable:
             raise ValueError(f"`out` must be a writable {x.shape} array of dtype {dtype}, "
                              f"got {out.shape} {out.dtype}")
-        out = _rows_layout(out, "out")
+        if not _row_contiguous(out):  # the kernel writes contiguous rows
+            dest = np.empty_like(x)
     loss = np.empty(n_rows, dtype) if want_loss else None
     lse = np.empty(n_rows, dtype) if want_lse else None
     _core.rows(x, target, soft, weight, ignore_index, label_smoothing, loss, lse,
-               _OUT_KINDS[out_kind], out if out_kind != "none" else None,
-               grad_scale, grad_row_scale, n_threads)
+               _OUT_KINDS[out_kind], dest, grad_scale, grad_row_scale, n_threads)
+    if dest is not out:
+        out[...] = dest
     return loss, lse
 
 

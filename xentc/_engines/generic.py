@@ -64,8 +64,11 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
             onehot = xp.astype(
                 xp.arange(n_classes, dtype=target.dtype, device=device(x))[None, :] == safe, x.dtype)
             coef = (1 - e) * w_y[:, None] * onehot + e / n_classes * w
-            g = xp.where(keep[:, None], g, xp.zeros_like(g))
-        out = g * (xp.sum(coef, axis=1, keepdims=True) * p - coef)
+        # g * A * p - g * coef, not g * (A * p - coef): a scale of 1/0 then
+        # gives NaN over the row, as torch's 0 * inf at the target does.
+        out = g * xp.sum(coef, axis=1, keepdims=True) * p - g * coef
+        if target is not None:  # ignored rows are exactly 0, whatever their logits
+            out = xp.where(keep[:, None], out, xp.zeros_like(out))
     return loss, lse, out
 
 
@@ -136,5 +139,12 @@ def proba_rows(xp, p, target=None, *, n_threads=None):
     # Out-of-range values may overflow the sums; the caller reports them from lo / hi.
     with np.errstate(over="ignore", invalid="ignore"):
         lo, hi, total = xp.min(p), xp.max(p), xp.sum(p, axis=1)
-    picked = None if target is None else xp.take_along_axis(p, target[:, None], axis=1)[:, 0]
+    picked = None
+    if target is not None:
+        # A gather from the flat array: take_along_axis builds an index per
+        # axis, several times slower on NumPy for narrow rows.
+        n_rows, n_classes = p.shape
+        flat = xp.arange(0, n_rows * n_classes, n_classes, dtype=target.dtype,
+                         device=device(p)) + target
+        picked = xp.take(xp.reshape(p, (-1,)), flat)
     return lo, hi, total, picked
