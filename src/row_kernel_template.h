@@ -54,6 +54,16 @@ static inline VT XENTC_FN(sel)(VIT mask, VT a, VT b)
     return (VT)((mask & (VIT)a) | (~mask & (VIT)b));
 }
 
+/* max(a, b) that keeps a NaN in b, as x86's maxps(a, b) does. */
+static inline VT XENTC_FN(max)(VT a, VT b)
+{
+#ifdef XENTC_VMAX /* one instruction instead of a compare and a blend */
+    return (VT)XENTC_VMAX(a, b);
+#else
+    return XENTC_FN(sel)(a > b, a, b);
+#endif
+}
+
 static inline VT XENTC_FN(splat)(TYPE a)
 {
     VT v = {0};
@@ -78,28 +88,28 @@ static inline double XENTC_FN(hsum)(VT v)
 static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n, int flush)
 {
     const VT lo = XENTC_FN(splat)(EXP_LO);
-    const VT shift = XENTC_FN(splat)(EXP_SHIFT);
+    /* t = d / ln2 + shift puts round(d / ln2) + bias in the low mantissa
+       bits of t: shifted up by the mantissa width they are 2^k's bits. */
+    const VT shift = XENTC_FN(splat)(EXP_SHIFT + EXP_BIAS);
     VT t[4], k[4], r[4], p[4];
     VIT under[4] = {{0}};
     for (int u = 0; u < n; u++) {
         if (flush)
             under[u] = d[u] < lo;
-        d[u] = XENTC_FN(sel)(d[u] < lo, lo, d[u]);
-        t[u] = d[u] * (TYPE)1.44269504088896340736 + shift; /* round(d / ln2) */
+        d[u] = XENTC_FN(max)(lo, d[u]);
+        t[u] = d[u] * (TYPE)1.44269504088896340736 + shift;
     }
     for (int u = 0; u < n; u++) {
         k[u] = t[u] - shift;
         r[u] = d[u] - k[u] * LN2_HI;
         r[u] = r[u] - k[u] * LN2_LO;
-        p[u] = XENTC_FN(splat)((TYPE)xentc_inv_factorial[EXP_DEGREE]);
+        p[u] = XENTC_FN(splat)((TYPE)EXP_COEF[EXP_DEGREE]);
     }
-    /* Horner on the Taylor coefficients 1/j!, j = EXP_DEGREE..0 */
-    for (int j = EXP_DEGREE - 1; j >= 0; j--)
+    for (int j = EXP_DEGREE - 1; j >= 0; j--) /* Horner */
         for (int u = 0; u < n; u++)
-            p[u] = p[u] * r[u] + (TYPE)xentc_inv_factorial[j];
+            p[u] = p[u] * r[u] + (TYPE)EXP_COEF[j];
     for (int u = 0; u < n; u++) {
-        VIT bits = (((VIT)t[u] - (VIT)shift) + EXP_BIAS) << EXP_MANT; /* 2^k */
-        d[u] = p[u] * (VT)bits;
+        d[u] = p[u] * (VT)((VIT)t[u] << EXP_MANT);
         if (flush) /* exp(-inf) = 0 */
             d[u] = (VT)(~under[u] & (VIT)d[u]);
     }
@@ -177,8 +187,8 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                                  double acc[4])
 {
     const VT vm = XENTC_FN(splat)(m);
-    VT s = {0}, sl = {0}, sc = {0}, ones = {0};
-    const VT minus_one = XENTC_FN(splat)(-1);
+    VT s = {0}, sl = {0}, sc = {0};
+    VIT ones = {0}; /* minus the count of terms equal to 1, per lane */
     VT lane = {0};
     for (int64_t k = 0; k < NL; k++)
         lane[k] = (TYPE)k;
@@ -195,9 +205,9 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                 d[u] = XENTC_FN(load)(x + j + u * NL) - vm;
             XENTC_FN(vexp_n)(d, 4, 0);
             for (int u = 0; u < 4; u++) { /* exp is exactly 1 only near x == m */
-                const VT top = (VT)((d[u] == 1) & (VIT)minus_one);
-                s4[u] += d[u] + top;
-                ones -= top;
+                const VIT top = d[u] == 1;  /* -1 where true */
+                s4[u] += (VT)(~top & (VIT)d[u]);
+                ones += top;
             }
         }
         s += (s4[0] + s4[1]) + (s4[2] + s4[3]);
@@ -213,9 +223,9 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
             d = XENTC_FN(load_part)(x + j, len) - vm;
             live = lane < (TYPE)len;
         }
-        const VT top = (VT)(live & (d == 0) & (VIT)minus_one);
-        s += XENTC_FN(sel)(live, XENTC_FN(vexp)(d), XENTC_FN(splat)(0)) + top;
-        ones -= top;
+        const VIT top = live & (d == 0);
+        s += XENTC_FN(sel)(live & ~top, XENTC_FN(vexp)(d), XENTC_FN(splat)(0));
+        ones += top;
         if (lin) {
             VT c = XENTC_FN(sel)(live, XENTC_FN(coef)(w, q, j, len, qa, qb), XENTC_FN(splat)(0));
             sl += c * XENTC_FN(sel)(live, d, XENTC_FN(splat)(0));
@@ -223,7 +233,8 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
         }
     }
     acc[0] += XENTC_FN(hsum)(s);
-    acc[3] += XENTC_FN(hsum)(ones);
+    for (int64_t k = 0; k < NL; k++)
+        acc[3] -= (double)ones[k];
     if (lin) {
         acc[1] += XENTC_FN(hsum)(sl);
         acc[2] += XENTC_FN(hsum)(sc);
