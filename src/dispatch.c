@@ -213,6 +213,27 @@ static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_
     return XENTC_OK;
 }
 
+int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes, int64_t ignore_index,
+                  const double *weight, double *total, int64_t *bad_row)
+{
+    if ((n > 0 && !target) || n < 0 || n_classes < 1 || !total)
+        return XENTC_ERR_ARG;
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t y = target[i];
+        if (y == ignore_index)
+            continue;
+        if (y < 0 || y >= n_classes) {
+            if (bad_row)
+                *bad_row = i;
+            return XENTC_ERR_TARGET;
+        }
+        s += weight ? weight[y] : 1.0;
+    }
+    *total = s;
+    return XENTC_OK;
+}
+
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
     return run_rows(rows, n_threads, bad_row, get_active()->rows_f32);

@@ -69,6 +69,13 @@ typedef struct {
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 
+/* Check n targets (each in [0, n_classes) or ignore_index) and set *total to
+   the sum of weight[y] over the non-ignored ones (their count when weight is
+   NULL): the denominator of the mean. One serial pass in row order, so the
+   sum is the same for any thread count. On XENTC_ERR_TARGET *bad_row is set. */
+int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes, int64_t ignore_index,
+                  const double *weight, double *total, int64_t *bad_row);
+
 /* Build configuration and run-time dispatch. */
 int xentc_openmp_enabled(void);
 int xentc_default_threads(void);

@@ -19,7 +19,6 @@ import operator
 import sys
 from typing import Any, Literal
 
-import numpy as np
 
 from array_api_compat import device as _device
 
@@ -93,10 +92,8 @@ def _weight(xp, weight, n_classes, dtype):
     return xp.astype(weight, dtype, copy=False)
 
 
-def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
-    """Validated targets as int64 (rows,) arrays: the targets, the mask of
-    non-ignored ones, and the targets with ignored ones replaced by 0 (safe to
-    index with)."""
+def _class_targets(xp, target, lead_shape, n_classes):
+    """Class-index targets as a flat int64 array (their range is the engine's to check)."""
     if not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"`target` must hold integer class indices or floating "
                         f"class probabilities, got dtype {target.dtype}")
@@ -104,26 +101,10 @@ def _class_targets(xp, target, lead_shape, n_classes, ignore_index):
         raise ValueError(f"`target` shape {tuple(target.shape)} does not match input: "
                          f"expected {lead_shape} (input shape without the class axis)")
     t = xp.reshape(target, (-1,))
-    # Checked in the target's own dtype: a cast to int64 first could wrap a
-    # large unsigned value onto ignore_index or into range (and some
-    # libraries wrap a negative ignore_index when comparing with unsigned).
-    if xp.isdtype(t.dtype, "unsigned integer") and ignore_index < 0:
-        keep = xp.ones_like(t, dtype=xp.bool)
-    else:
-        keep = t != ignore_index
-    safe = xp.where(keep, t, xp.zeros_like(t))
-    if t.shape[0] and (int(xp.min(safe)) < 0 or int(xp.max(safe)) >= n_classes):
-        value = int(safe[(safe < 0) | (safe >= n_classes)][0])
-        raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
-    return xp.astype(t, xp.int64, copy=False), keep, xp.astype(safe, xp.int64, copy=False)
-
-
-def _mean_denominator(xp, keep, safe, w, dtype):
-    """Sum of the target weights over non-ignored elements (their count if unweighted)."""
-    if w is None:
-        return xp.astype(xp.count_nonzero(keep), dtype)
-    w_y = xp.take(w, safe)
-    return xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y)))
+    # uint64 values past int64's range would wrap onto valid classes.
+    if target.dtype == xp.uint64 and t.shape[0] and int(xp.max(t)) > 2**63 - 1:
+        raise IndexError(f"`target` value {int(xp.max(t))} out of range for {n_classes} classes")
+    return xp.astype(t, xp.int64, copy=False)
 
 
 def _reduce(xp, loss, reduction, lead_shape, denominator):
@@ -134,10 +115,7 @@ def _reduce(xp, loss, reduction, lead_shape, denominator):
         return total
     # No weight to divide by gives NaN, as in torch (whose smoothing term
     # would otherwise be x / 0 = inf).
-    if isinstance(denominator, float):  # a count known without looking at data
-        return total / denominator if denominator else xp.full_like(total, math.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return xp.where(denominator == 0, xp.full_like(total, math.nan), total / denominator)
+    return total / denominator if denominator else xp.full_like(total, math.nan)
 
 
 def _prepare(input, target, weight, reduction, axis, n_threads, backend):
@@ -296,10 +274,10 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
         kw = dict(soft=soft)
         denominator = float(x.shape[0])
     else:
-        t, keep, safe = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
+        t = _class_targets(xp, target, lead_shape, n_classes)
         kw = dict(target=t, ignore_index=ignore_index)
-        denominator = (_mean_denominator(xp, keep, safe, w, _acc_dtype(xp, input.dtype))
-                       if reduction == "mean" else None)
+        # Checked before any row is read; the mean's denominator on the way.
+        denominator = engine.targets(xp, t, n_classes, ignore_index, w)
     if want_grad:
         kw.update(_grad_args(xp, input, grad_output, out, reduction, lead_shape, ax,
                              denominator))
@@ -334,7 +312,7 @@ def _grad_args(xp, input, grad_output, out, reduction, lead_shape, axis, denomin
         go = 1.0 if grad_output is None else _scalar(grad_output, "grad_output")
         if reduction == "mean":
             # NaN or inf where torch's own division by a zero weight gives them.
-            den = float(denominator)
+            den = denominator
             go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
         args["grad_scale"] = go
     if out is not None:
@@ -392,16 +370,17 @@ def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_in
     array
         ``-weight[target] * input[target]``, reduced, in `input`'s namespace.
     """
-    xp, x, _, lead_shape, w, _, _ = _prepare(
+    xp, x, _, lead_shape, w, _, engine = _prepare(
         input, target, weight, reduction, axis, n_threads, backend)
     n_classes = x.shape[1]
-    _, keep, safe = _class_targets(xp, target, lead_shape, n_classes, ignore_index)
+    t = _class_targets(xp, target, lead_shape, n_classes)
+    denominator = engine.targets(xp, t, n_classes, ignore_index, w)
+    keep = t != ignore_index
+    safe = xp.where(keep, t, xp.zeros_like(t))
     picked = -xp.take_along_axis(x, safe[:, None], axis=1)[:, 0]
     if w is not None:
         picked = picked * xp.take(w, safe)
     loss = xp.where(keep, picked, xp.zeros_like(picked))
-    denominator = (_mean_denominator(xp, keep, safe, w, _acc_dtype(xp, input.dtype))
-                   if reduction == "mean" else None)
     return xp.astype(_reduce(xp, loss, reduction, lead_shape, denominator), input.dtype,
                      copy=False)
 

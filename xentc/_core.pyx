@@ -32,6 +32,9 @@ cdef extern from "xentc.h" nogil:
     int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA
     int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
     int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+    int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes,
+                      int64_t ignore_index, const double *weight, double *total,
+                      int64_t *bad_row)
     int xentc_openmp_enabled()
     int xentc_default_threads()
     const char *xentc_compiled_isas()
@@ -124,6 +127,30 @@ def rows(const floating[:, :] x, const int64_t[::1] target=None,
         raise IndexError(f"`target` value {target[bad]} out of range for {c} classes")
     if status != XENTC_OK:
         raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+
+
+def targets(const int64_t[::1] target, int64_t n_classes, int64_t ignore_index=-100,
+            const double[::1] weight=None):
+    """Check class targets and return the mean's denominator; see ``xentc_targets``.
+
+    Raises IndexError for a target outside ``[0, C)`` that is not `ignore_index`.
+    """
+    cdef int64_t n = target.shape[0], bad = -1
+    cdef double total = 0.0
+    cdef const double *w = NULL
+    cdef const int64_t *t = &target[0] if n > 0 else NULL
+    cdef int status
+    if weight is not None:
+        if weight.shape[0] != n_classes:
+            raise ValueError(f"weight must have length {n_classes}, got {weight.shape[0]}")
+        w = &weight[0]
+    with nogil:
+        status = xentc_targets(t, n, n_classes, ignore_index, w, &total, &bad)
+    if status == XENTC_ERR_TARGET:
+        raise IndexError(f"`target` value {target[bad]} out of range for {n_classes} classes")
+    if status != XENTC_OK:
+        raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+    return total
 
 
 def exp(const floating[::1] a):

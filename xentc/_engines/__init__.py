@@ -26,6 +26,15 @@ in x's dtype, ``loss`` and ``lse`` in the accumulation dtype (float32 for
 float16 / bfloat16 ``x``, else x's dtype; ``weight`` and ``grad_row_scale``
 come in that dtype too); entries not asked for are None.
 
+Before any row is read, the API layer calls::
+
+    engine.targets(xp, target, n_classes, ignore_index, weight) -> float
+
+which raises IndexError ("`target` value V out of range for C classes") for
+a target outside ``[0, C)`` that is not ``ignore_index``, and returns the sum
+of ``weight[target]`` over the other targets (their count when ``weight`` is
+None): the denominator of the mean.
+
 Each engine also has ``name`` and ``accepts(xp, device_key, explicit)``:
 whether it can serve arrays of ``xp`` on that device, ``explicit`` being
 True when the caller named the engine with ``backend=`` (an engine may then

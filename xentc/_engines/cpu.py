@@ -122,6 +122,13 @@ def _half_rows(xp, x, target, soft, grad_row_scale, out, want_loss, want_lse, **
     return loss, lse, res
 
 
+def targets(xp, target, n_classes, ignore_index, weight):
+    """Check class targets and sum their weights in one C pass; see ``xentc._engines``."""
+    w = None if weight is None else np.ascontiguousarray(_host(weight), dtype=np.float64)
+    return _core.targets(np.ascontiguousarray(_host(target), dtype=np.int64), n_classes,
+                         ignore_index, w)
+
+
 def accepts(xp, device, explicit):
     """CPU arrays of any namespace (they reach the core through DLPack)."""
     return "cpu" in device.lower()

@@ -129,6 +129,19 @@ def _mutable(xp):
     return not xp.__name__.startswith("jax")
 
 
+def targets(xp, target, n_classes, ignore_index, weight):
+    """Check class targets and sum their weights; see ``xentc._engines``."""
+    keep = target != ignore_index
+    safe = xp.where(keep, target, xp.zeros_like(target))
+    if target.shape[0] and (int(xp.min(safe)) < 0 or int(xp.max(safe)) >= n_classes):
+        value = int(safe[(safe < 0) | (safe >= n_classes)][0])
+        raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
+    if weight is None:
+        return float(xp.count_nonzero(keep))
+    w_y = xp.take(weight, safe)
+    return float(xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y))))
+
+
 def accepts(xp, device, explicit):
     """The generic engine serves every array-API namespace and device."""
     return True
