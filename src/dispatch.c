@@ -12,6 +12,7 @@
  * operations, and rows never share accumulators, so results are bitwise the
  * same for any thread count.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ typedef struct {
     int (*supported)(void);
     xentc_rows_fn rows_f32, rows_f64;
     xentc_exp_fn exp_f32, exp_f64;
+    xentc_proba_fn proba_f32, proba_f64;
 } isa_entry;
 
 static int always(void) { return 1; }
@@ -50,7 +52,8 @@ static int has_avx512(void)
 
 #define ISA(name, test)                                                        \
     {#name, test, xentc_rows_f32_##name, xentc_rows_f64_##name,                   \
-     xentc_exp_f32_##name, xentc_exp_f64_##name}
+     xentc_exp_f32_##name, xentc_exp_f64_##name, xentc_proba_f32_##name,          \
+     xentc_proba_f64_##name}
 
 /* Lowest first; the best supported one is chosen. */
 static const isa_entry isas[] = {
@@ -162,25 +165,82 @@ static int thread_count(int requested, int64_t n_chunks)
     return nt;
 }
 
-/* Rows [k * per, (k + 1) * per) clipped to the batch. Their targets are
-   checked before any row is read; a chunk with a bad target is skipped whole
-   (the call fails anyway). */
-static inline void run_chunk(const xentc_rows *r, int64_t k, int64_t per, xentc_rows_fn fn,
-                             int64_t *bad)
+static int64_t chunk_rows(int64_t n_classes)
 {
-    const int64_t i0 = k * per, i1 = i0 + per < r->n_rows ? i0 + per : r->n_rows;
-    if (r->target)
-        for (int64_t i = i0; i < i1; i++) {
-            const int64_t y = r->target[i];
-            if (y != r->ignore_index && (y < 0 || y >= r->n_classes)) {
+    return n_classes >= CHUNK_ELEMENTS ? 1 : CHUNK_ELEMENTS / n_classes;
+}
+
+static int64_t chunk_count(int64_t n_rows, int64_t n_classes)
+{
+    return (n_rows + chunk_rows(n_classes) - 1) / chunk_rows(n_classes);
+}
+
+/* body(ctx, k, i0, i1) for chunk k = rows [i0, i1). The one parallel loop:
+   static scheduling, each chunk run by one thread. */
+typedef void (*chunk_body)(void *ctx, int64_t k, int64_t i0, int64_t i1);
+
+static void for_chunks(int64_t n_rows, int64_t n_classes, int n_threads, chunk_body body,
+                       void *ctx)
+{
+    const int64_t per = chunk_rows(n_classes), n_chunks = chunk_count(n_rows, n_classes);
+    const int nt = thread_count(n_threads, n_chunks);
+    if (nt > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
+        for (int64_t k = 0; k < n_chunks; k++)
+            body(ctx, k, k * per, k * per + per < n_rows ? k * per + per : n_rows);
+    } else {
+        /* No OpenMP call at all: also the path of a forked child. */
+        for (int64_t k = 0; k < n_chunks; k++)
+            body(ctx, k, k * per, k * per + per < n_rows ? k * per + per : n_rows);
+    }
+}
+
+/* The first row of [i0, i1) whose target is outside [0, n_classes) and not
+   *ignore_index (NULL: none is ignored), or -1. */
+static int64_t first_bad_target(const int64_t *target, int64_t i0, int64_t i1,
+                                int64_t n_classes, const int64_t *ignore_index)
+{
+    for (int64_t i = i0; i < i1; i++)
+        if ((target[i] < 0 || target[i] >= n_classes) &&
+            !(ignore_index && target[i] == *ignore_index))
+            return i;
+    return -1;
+}
+
+/* Any one bad row will do; the atomic store only keeps the write whole. */
+static void record_bad(int64_t *bad, int64_t row)
+{
 #ifdef _OPENMP
 #pragma omp atomic write
+    bad[0] = row + 0; /* "+ 0": GCC 12 wrongly calls a stored parameter unused */
+#else
+    bad[0] = row;
 #endif
-                *bad = i;
-                return;
-            }
+}
+
+typedef struct {
+    const xentc_rows *r;
+    xentc_rows_fn fn;
+    int64_t bad;
+} rows_job;
+
+/* A chunk's targets are checked before any of its rows is read; a chunk with
+   a bad target is skipped whole (the call fails anyway). */
+static void rows_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1)
+{
+    rows_job *job = ctx;
+    const xentc_rows *r = job->r;
+    (void)k;
+    if (r->target) {
+        const int64_t bad = first_bad_target(r->target, i0, i1, r->n_classes, &r->ignore_index);
+        if (bad >= 0) {
+            record_bad(&job->bad, bad);
+            return;
         }
-    fn(r, i0, i1);
+    }
+    job->fn(r, i0, i1);
 }
 
 static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_rows_fn fn)
@@ -189,25 +249,67 @@ static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_
         (r->target && r->soft) || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
         (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft))
         return XENTC_ERR_ARG;
-    int64_t bad = -1;
-    const int64_t n = r->n_rows;
-    const int64_t rows_per_chunk = r->n_classes >= CHUNK_ELEMENTS ? 1 : CHUNK_ELEMENTS / r->n_classes;
-    const int64_t n_chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
-    const int nt = thread_count(n_threads, n_chunks);
-    if (nt > 1) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static)
-#endif
-        for (int64_t k = 0; k < n_chunks; k++)
-            run_chunk(r, k, rows_per_chunk, fn, &bad);
-    } else {
-        /* No OpenMP call at all: also the path of a forked child. */
-        for (int64_t k = 0; k < n_chunks; k++)
-            run_chunk(r, k, rows_per_chunk, fn, &bad);
-    }
-    if (bad >= 0) {
+    rows_job job = {r, fn, -1};
+    for_chunks(r->n_rows, r->n_classes, n_threads, rows_chunk, &job);
+    if (job.bad >= 0) {
         if (bad_row)
-            *bad_row = bad;
+            *bad_row = job.bad;
+        return XENTC_ERR_TARGET;
+    }
+    return XENTC_OK;
+}
+
+typedef struct {
+    const xentc_proba *p;
+    xentc_proba_fn fn;
+    double *ext; /* {min, max, NaN seen} per chunk */
+    int64_t bad;
+} proba_job;
+
+static void proba_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1)
+{
+    proba_job *job = ctx;
+    const xentc_proba *p = job->p;
+    if (p->target) {
+        const int64_t bad = first_bad_target(p->target, i0, i1, p->n_classes, NULL);
+        if (bad >= 0) {
+            record_bad(&job->bad, bad);
+            return;
+        }
+    }
+    job->fn(p, i0, i1, job->ext + 3 * k);
+}
+
+static int run_proba(xentc_proba *p, int n_threads, int64_t *bad_row, xentc_proba_fn fn)
+{
+    if (!p || p->n_rows < 0 || p->n_classes < 1 || (p->n_rows > 0 && (!p->p || !p->row_sum)) ||
+        (p->target && !p->picked))
+        return XENTC_ERR_ARG;
+    const int64_t n_chunks = chunk_count(p->n_rows, p->n_classes);
+    double *ext = malloc(sizeof(double) * 3 * (size_t)(n_chunks > 0 ? n_chunks : 1));
+    if (!ext)
+        return XENTC_ERR_ARG;
+    for (int64_t k = 0; k < n_chunks; k++) {
+        ext[3 * k] = INFINITY;
+        ext[3 * k + 1] = -INFINITY;
+        ext[3 * k + 2] = 0.0;
+    }
+    proba_job job = {p, fn, ext, -1};
+    for_chunks(p->n_rows, p->n_classes, n_threads, proba_chunk, &job);
+    p->lo = INFINITY;
+    p->hi = -INFINITY;
+    int nan = 0;
+    for (int64_t k = 0; k < n_chunks; k++) {
+        p->lo = ext[3 * k] < p->lo ? ext[3 * k] : p->lo;
+        p->hi = ext[3 * k + 1] > p->hi ? ext[3 * k + 1] : p->hi;
+        nan |= ext[3 * k + 2] != 0.0;
+    }
+    free(ext);
+    if (nan)
+        p->lo = p->hi = NAN;
+    if (job.bad >= 0) {
+        if (bad_row)
+            *bad_row = job.bad;
         return XENTC_ERR_TARGET;
     }
     return XENTC_OK;
@@ -232,6 +334,16 @@ int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes, int64_t i
     }
     *total = s;
     return XENTC_OK;
+}
+
+int xentc_proba_f32(xentc_proba *proba, int n_threads, int64_t *bad_row)
+{
+    return run_proba(proba, n_threads, bad_row, get_active()->proba_f32);
+}
+
+int xentc_proba_f64(xentc_proba *proba, int n_threads, int64_t *bad_row)
+{
+    return run_proba(proba, n_threads, bad_row, get_active()->proba_f64);
 }
 
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)

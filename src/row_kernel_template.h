@@ -629,6 +629,41 @@ void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         XENTC_FN(long_row)(r, i);
 }
 
+/* Rows [i0, i1) of probabilities: row sums, picked entries, and the
+   extremes folded into ext = {min, max, NaN seen}. */
+void XENTC_FN(xentc_proba)(const xentc_proba *pr, int64_t i0, int64_t i1, double ext[3])
+{
+    const int64_t C = pr->n_classes;
+    VT vlo = XENTC_FN(splat)(INFINITY), vhi = XENTC_FN(splat)(-INFINITY);
+    VIT nan = {0};
+    for (int64_t i = i0; i < i1; i++) {
+        const TYPE *row = (const TYPE *)pr->p + i * pr->p_stride;
+        VT s = {0};
+        for (int64_t j = 0; j < C; j += NL) {
+            const int64_t len = C - j < NL ? C - j : NL;
+            VT v = len == NL ? XENTC_FN(load)(row + j) : XENTC_FN(load_part)(row + j, len);
+            s += v; /* load_part fills the missing lanes with 0 */
+            if (len < NL) { /* ... which must not become the extremes */
+                VIT live = {0};
+                for (int64_t k = 0; k < len; k++)
+                    live[k] = -1;
+                v = XENTC_FN(sel)(live, v, XENTC_FN(splat)(row[0]));
+            }
+            nan |= v != v;
+            vlo = XENTC_FN(sel)(v < vlo, v, vlo);
+            vhi = XENTC_FN(sel)(v > vhi, v, vhi);
+        }
+        ((TYPE *)pr->row_sum)[i] = (TYPE)XENTC_FN(hsum)(s);
+        if (pr->target)
+            ((TYPE *)pr->picked)[i] = row[pr->target[i]];
+    }
+    for (int64_t k = 0; k < NL; k++) {
+        ext[0] = vlo[k] < ext[0] ? vlo[k] : ext[0];
+        ext[1] = vhi[k] > ext[1] ? vhi[k] : ext[1];
+        ext[2] = nan[k] ? 1.0 : ext[2];
+    }
+}
+
 #undef VT
 #undef VIT
 #undef NL

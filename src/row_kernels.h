@@ -1,7 +1,7 @@
 /*
  * Per-ISA row kernels. row_kernels.c is compiled once per instruction set
  * (meson passes XENTC_ISA and the matching -m flags); each build defines one
- * rows function and one exp helper per dtype, named *_<dtype>_<isa>.
+ * rows function, one probability pass and one exp helper per dtype, named *_<dtype>_<isa>.
  */
 #ifndef XENTC_ROW_KERNELS_H
 #define XENTC_ROW_KERNELS_H
@@ -11,12 +11,18 @@
 /* Process rows [i0, i1) of a batch whose targets are already checked. */
 typedef void (*xentc_rows_fn)(const xentc_rows *rows, int64_t i0, int64_t i1);
 typedef void (*xentc_exp_fn)(const void *in, void *out, int64_t n);
+/* Rows [i0, i1) of a probability array (targets checked); ext = {min, max, nan}. */
+typedef void (*xentc_proba_fn)(const xentc_proba *proba, int64_t i0, int64_t i1, double ext[3]);
 
 #define XENTC_DECLARE_ISA(isa)                                                 \
     void xentc_rows_f32_##isa(const xentc_rows *rows, int64_t i0, int64_t i1); \
     void xentc_rows_f64_##isa(const xentc_rows *rows, int64_t i0, int64_t i1); \
     void xentc_exp_f32_##isa(const void *in, void *out, int64_t n);            \
-    void xentc_exp_f64_##isa(const void *in, void *out, int64_t n);
+    void xentc_exp_f64_##isa(const void *in, void *out, int64_t n);            \
+    void xentc_proba_f32_##isa(const xentc_proba *proba, int64_t i0, int64_t i1, \
+                               double ext[3]);                                 \
+    void xentc_proba_f64_##isa(const xentc_proba *proba, int64_t i0, int64_t i1, \
+                               double ext[3]);
 
 XENTC_DECLARE_ISA(baseline)
 XENTC_DECLARE_ISA(avx2)

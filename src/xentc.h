@@ -69,6 +69,23 @@ typedef struct {
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 
+/* Probabilities, for log_loss: one pass over an (n_rows, n_classes) array of
+   the dtype gives, per row, the sum and the entry at the target column, and
+   over the whole array the extremes. */
+typedef struct {
+    int64_t n_rows;
+    int64_t n_classes;
+    const void *p;        /* row i at p + i * p_stride elements */
+    int64_t p_stride;
+    const int64_t *target; /* (n_rows,) columns to pick, or NULL */
+    void *row_sum;        /* (n_rows,) out */
+    void *picked;         /* (n_rows,) out, when target */
+    double lo, hi;        /* out: min and max entry; NaN when any entry is NaN */
+} xentc_proba;
+
+int xentc_proba_f32(xentc_proba *proba, int n_threads, int64_t *bad_row);
+int xentc_proba_f64(xentc_proba *proba, int n_threads, int64_t *bad_row);
+
 /* Check n targets (each in [0, n_classes) or ignore_index) and set *total to
    the sum of weight[y] over the non-ignored ones (their count when weight is
    NULL): the denominator of the mean. One serial pass in row order, so the

@@ -32,6 +32,19 @@ cdef extern from "xentc.h" nogil:
     int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA
     int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
     int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+    ctypedef struct xentc_proba:
+        int64_t n_rows
+        int64_t n_classes
+        const void *p
+        int64_t p_stride
+        const int64_t *target
+        void *row_sum
+        void *picked
+        double lo
+        double hi
+
+    int xentc_proba_f32(xentc_proba *proba, int n_threads, int64_t *bad_row)
+    int xentc_proba_f64(xentc_proba *proba, int n_threads, int64_t *bad_row)
     int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes,
                       int64_t ignore_index, const double *weight, double *total,
                       int64_t *bad_row)
@@ -127,6 +140,38 @@ def rows(const floating[:, :] x, const int64_t[::1] target=None,
         raise IndexError(f"`target` value {target[bad]} out of range for {c} classes")
     if status != XENTC_OK:
         raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+
+
+def proba(const floating[:, :] p, const int64_t[::1] target, floating[::1] row_sum,
+          floating[::1] picked, int n_threads=0):
+    """One pass over probabilities `p`: row sums and picked entries written into
+    `row_sum` / `picked` (when `target` is given); returns (min, max) of `p`,
+    both NaN when `p` holds a NaN. See ``xentc_proba`` in xentc.h."""
+    cdef xentc_proba r
+    cdef int64_t n = p.shape[0], c = p.shape[1], bad = -1
+    cdef int status
+    r.n_rows = n
+    r.n_classes = c
+    r.p_stride = c
+    r.p = _matrix("p", p, n, c, &r.p_stride)
+    r.target = NULL
+    if target is not None:
+        if target.shape[0] != n:
+            raise ValueError(f"target must have length {n}, got {target.shape[0]}")
+        if n > 0:
+            r.target = &target[0]
+    r.row_sum = <void *>_vector("row_sum", row_sum, n)
+    r.picked = <void *>_vector("picked", picked, n) if target is not None else NULL
+    with nogil:
+        if floating is float:
+            status = xentc_proba_f32(&r, n_threads, &bad)
+        else:
+            status = xentc_proba_f64(&r, n_threads, &bad)
+    if status == XENTC_ERR_TARGET:
+        raise IndexError(f"`target` value {target[bad]} out of range for {c} classes")
+    if status != XENTC_OK:
+        raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+    return r.lo, r.hi
 
 
 def targets(const int64_t[::1] target, int64_t n_classes, int64_t ignore_index=-100,

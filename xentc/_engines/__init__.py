@@ -47,11 +47,10 @@ For ``log_loss`` an engine also has one read of a probability matrix::
         -> (lo, hi, total, picked)
 
 ``p`` is (M, C) with M, C >= 1, of any floating dtype, ``target`` None or
-(M,) int64 indices in ``[0, C)``. ``lo`` and ``hi`` are 0-d: the smallest and
-largest entry of ``p``, NaN when ``p`` holds a NaN; ``total`` is (M,), the row
-sums in p's dtype; ``picked`` is (M,), ``p[i, target[i]]``, or None without
-``target``. All are in ``xp``. The outputs have fixed sizes, so a threaded row
-pass can fill them: row extremes into (M,) buffers, reduced once at the end.
+(M,) int64 indices in ``[0, C)``. ``lo`` and ``hi`` are Python floats: the
+smallest and largest entry of ``p``, NaN when ``p`` holds a NaN; ``total`` is
+(M,), the row sums in p's dtype; ``picked`` is (M,), ``p[i, target[i]]``, or
+None without ``target``; both in ``xp``.
 Engines without ``proba_rows`` do not serve ``log_loss``.
 """
 

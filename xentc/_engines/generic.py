@@ -151,7 +151,7 @@ def proba_rows(xp, p, target=None, *, n_threads=None):
     """Extremes, row sums and target entries of probabilities; see ``xentc._engines``."""
     # Out-of-range values may overflow the sums; the caller reports them from lo / hi.
     with np.errstate(over="ignore", invalid="ignore"):
-        lo, hi, total = xp.min(p), xp.max(p), xp.sum(p, axis=1)
+        lo, hi, total = float(xp.min(p)), float(xp.max(p)), xp.sum(p, axis=1)
     picked = None
     if target is not None:
         # A gather from the flat array: take_along_axis builds an index per
