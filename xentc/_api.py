@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 
 from array_api_compat import device as _device
+from array_api_compat import is_writeable_array
 
 from . import _dispatch
 
@@ -67,9 +68,14 @@ def _n_threads(n_threads):
 
 def _as_rows(xp, a, axis):
     """(rows, classes) view of `a` with `axis` last (a copy only if needed)."""
-    a = xp.moveaxis(a, axis, -1)
+    # Each call only where it changes something: some libraries (JAX) copy
+    # even for a no-op move or reshape.
+    if axis != a.ndim - 1:
+        a = xp.moveaxis(a, axis, -1)
     lead_shape = tuple(a.shape[:-1])
-    return xp.reshape(a, (math.prod(lead_shape), a.shape[-1])), lead_shape
+    if a.ndim != 2:
+        a = xp.reshape(a, (math.prod(lead_shape), a.shape[-1]))
+    return a, lead_shape
 
 
 def _from_rows(xp, r, lead_shape, axis):
@@ -104,7 +110,9 @@ def _class_targets(xp, target, lead_shape, n_classes):
     # uint64 values past int64's range would wrap onto valid classes.
     if target.dtype == xp.uint64 and t.shape[0] and int(xp.max(t)) > 2**63 - 1:
         raise IndexError(f"`target` value {int(xp.max(t))} out of range for {n_classes} classes")
-    return xp.astype(t, xp.int64, copy=False)
+    # The namespace's own index dtype: JAX's is int32 unless x64 is enabled.
+    index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
+    return xp.astype(t, index_dtype, copy=False)
 
 
 def _reduce(xp, loss, reduction, lead_shape, denominator):
@@ -316,6 +324,9 @@ def _grad_args(xp, input, grad_output, out, reduction, lead_shape, axis, denomin
             go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
         args["grad_scale"] = go
     if out is not None:
+        if not is_writeable_array(out):
+            raise ValueError(f"`out` must be a writable array; {type(out).__name__} "
+                             f"arrays of this kind are read-only")
         if tuple(out.shape) != tuple(input.shape) or out.dtype != input.dtype:
             raise ValueError(f"`out` must have the input's shape {tuple(input.shape)} and dtype "
                              f"{input.dtype}, got {tuple(out.shape)} and {out.dtype}")
