@@ -20,8 +20,6 @@ import sys
 from typing import Any, Literal
 
 
-from array_api_compat import device as _device
-from array_api_compat import is_writeable_array
 
 from . import _dispatch
 
@@ -311,7 +309,7 @@ def _grad_args(xp, input, grad_output, out, reduction, lead_shape, axis, denomin
     if reduction == "none":
         if grad_output is not None:
             go = xp.asarray(grad_output, dtype=_acc_dtype(xp, input.dtype),
-                            device=_device(input))
+                            device=_dispatch.device(input))
             if tuple(go.shape) != lead_shape:
                 raise ValueError(f"`grad_output` must have the loss's shape {lead_shape} "
                                  f"for reduction='none', got {tuple(go.shape)}")
@@ -324,7 +322,7 @@ def _grad_args(xp, input, grad_output, out, reduction, lead_shape, axis, denomin
             go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
         args["grad_scale"] = go
     if out is not None:
-        if not is_writeable_array(out):
+        if not _dispatch.writeable(out):
             raise ValueError(f"`out` must be a writable array; {type(out).__name__} "
                              f"arrays of this kind are read-only")
         if tuple(out.shape) != tuple(input.shape) or out.dtype != input.dtype:

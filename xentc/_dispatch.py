@@ -11,6 +11,7 @@ import sys
 
 from array_api_compat import array_namespace
 from array_api_compat import device as _device
+from array_api_compat import is_writeable_array
 
 BACKENDS = ("auto", "cpu", "opencl", "generic")
 _AUTO_ORDER = ("cpu", "opencl", "generic")
@@ -42,10 +43,20 @@ def namespace(*arrays):
 
 
 def device_of(xp, array):
-    """A hashable key for the device of `array`."""
+    """A hashable key for the device of `array` (OpenCL ones start with "opencl:")."""
     if _is_opencl(array):
         return _engine("opencl").device_key(array)
     return str(_device(array))
+
+
+def device(array):
+    """The device object of `array`, as its namespace's creation functions take it."""
+    return array.queue.device if _is_opencl(array) else _device(array)
+
+
+def writeable(array):
+    """Whether `array` can be written into (JAX's and read-only NumPy's cannot)."""
+    return _is_opencl(array) or is_writeable_array(array)
 
 
 @functools.lru_cache(maxsize=None)

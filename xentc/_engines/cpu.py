@@ -130,8 +130,9 @@ def targets(xp, target, n_classes, ignore_index, weight):
 
 
 def accepts(xp, device, explicit):
-    """CPU arrays of any namespace (they reach the core through DLPack)."""
-    return "cpu" in device.lower()
+    """CPU arrays of any namespace (they reach the core through DLPack); not
+    OpenCL buffers, even on a CPU device."""
+    return "cpu" in device.lower() and not device.startswith("opencl:")
 
 
 def proba_rows(xp, p, target=None, *, n_threads=None):

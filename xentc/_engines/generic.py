@@ -143,8 +143,8 @@ def targets(xp, target, n_classes, ignore_index, weight):
 
 
 def accepts(xp, device, explicit):
-    """The generic engine serves every array-API namespace and device."""
-    return True
+    """Every array-API namespace and device (pyopencl arrays are not array-API arrays)."""
+    return not device.startswith("opencl:")
 
 
 def proba_rows(xp, p, target=None, *, n_threads=None):
