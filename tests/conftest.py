@@ -24,7 +24,7 @@ import torch  # noqa: E402,F401
 import xentc  # noqa: E402
 import xentc._core  # noqa: E402  (private test hooks; not imported by the package)
 
-BACKENDS = ("cpu", "generic")
+BACKENDS = ("cpu", "generic", "opencl")
 DTYPES = (np.float32, np.float64)
 
 
