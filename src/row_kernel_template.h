@@ -602,10 +602,25 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             excess[l] = ((double)ones[l] - 1.0) + (double)s[l];
         xentc_log1p_array(excess, ls, NL);
         for (int64_t l = 0; l < NL; l++) {
-            XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i + l);
-            const double acc[4] = {0.0, 0.0, 0.0, 1.0}; /* no linear sums here */
-            if (!XENTC_FN(ignored)(r, i + l, &c))
-                XENTC_FN(finish)(r, i + l, &c, m[l], ls[l], acc);
+            /* finish() reduced to what these rows need (no smoothing, no
+               second result): at ten classes its general set-up would cost
+               as much as the row itself. Infinite maxima take the full path. */
+            const int64_t row = i + l;
+            const double ml = (double)m[l];
+            const int64_t y = r->target ? r->target[row] : -1;
+            if (isinf(ml) || (r->target && y == r->ignore_index)) {
+                XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, row);
+                const double acc[4] = {0.0, 0.0, 0.0, 1.0}; /* no linear sums here */
+                if (!XENTC_FN(ignored)(r, row, &c))
+                    XENTC_FN(finish)(r, row, &c, ml, ls[l], acc);
+                continue;
+            }
+            if (r->loss) {
+                const double wy = r->weight ? (double)((const TYPE *)r->weight)[y] : 1.0;
+                ((TYPE *)r->loss)[row] = (TYPE)(wy * ((ml - (double)x[l * stride + y]) + ls[l]));
+            }
+            if (r->lse)
+                ((TYPE *)r->lse)[row] = (TYPE)(ml + ls[l]);
         }
     }
     if (i < i1)
