@@ -184,7 +184,7 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
  */
 static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
-                                 double acc[4])
+                                 double acc[4], TYPE *store)
 {
     const VT vm = XENTC_FN(splat)(m);
     VT s = {0}, sl = {0}, sc = {0};
@@ -203,7 +203,13 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
                 __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
             for (int u = 0; u < 4; u++)
                 d[u] = XENTC_FN(load)(x + j + u * NL) - vm;
-            XENTC_FN(vexp_n)(d, 4, 0);
+            if (store) { /* kept exps are values a caller sees: exp(-inf) = 0 */
+                XENTC_FN(vexp_n)(d, 4, 1);
+                for (int u = 0; u < 4; u++)
+                    memcpy(store + j + u * NL, &d[u], sizeof d[u]);
+            } else {
+                XENTC_FN(vexp_n)(d, 4, 0);
+            }
             for (int u = 0; u < 4; u++) { /* exp is exactly 1 only near x == m */
                 const VIT top = d[u] == 1;  /* -1 where true */
                 s4[u] += (VT)(~top & (VIT)d[u]);
@@ -224,7 +230,10 @@ static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
             live = lane < (TYPE)len;
         }
         const VIT top = live & (d == 0);
-        s += XENTC_FN(sel)(live & ~top, XENTC_FN(vexp)(d), XENTC_FN(splat)(0));
+        const VT ev = XENTC_FN(vexp)(d);
+        if (store)
+            XENTC_FN(store_part)(store + j, ev, len);
+        s += XENTC_FN(sel)(live & ~top, ev, XENTC_FN(splat)(0));
         ones += top;
         if (lin) {
             VT c = XENTC_FN(sel)(live, XENTC_FN(coef)(w, q, j, len, qa, qb), XENTC_FN(splat)(0));
@@ -362,11 +371,47 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
     }
 }
 
+/* The gradient of a long row with one exp per logit instead of two: the
+   row's max first (the one read from memory), then exp(x - max) written into
+   out while summed, then out scaled in place from cache: p = exp(x - max) *
+   exp(-log(sum)), one more rounding than exp(x - max - log(sum)). Returns 0,
+   leaving the row to the general path, when the max is not finite. */
+static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
+{
+    const int64_t C = r->n_classes;
+    const TYPE *x = c->x, *w = c->w, *q = c->q;
+    double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t b = 0; b < C; b += BLOCK) {
+        const double bm = XENTC_FN(block_max)(x + b, C - b < BLOCK ? C - b : BLOCK);
+        m = bm > m ? bm : m;
+    }
+    if (!isfinite(m))
+        return 0;
+    for (int64_t b = 0; b < C; b += BLOCK)
+        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL,
+                             C - b < BLOCK ? C - b : BLOCK, (TYPE)m, c->lin, c->qa, c->qb, acc,
+                             c->out + b);
+    const double ls = log1p((acc[3] - 1.0) + acc[0]);
+    XENTC_FN(finish)(r, i, c, m, ls, acc);
+    const VT va = XENTC_FN(splat)((TYPE)(c->alpha * exp(-ls)));
+    const VT vb = XENTC_FN(splat)((TYPE)c->beta);
+    for (int64_t j = 0; j < C; j += NL) {
+        const int64_t len = C - j < NL ? C - j : NL;
+        const VT e = len == NL ? XENTC_FN(load)(c->out + j) : XENTC_FN(load_part)(c->out + j, len);
+        const VT o = va * e - vb * XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb);
+        XENTC_FN(store_part)(c->out + j, o, len);
+    }
+    XENTC_FN(grad_target)(r, c);
+    return 1;
+}
+
 static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
 {
     const int64_t C = r->n_classes;
     XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
     if (XENTC_FN(ignored)(r, i, &c))
+        return;
+    if (r->out_kind == XENTC_OUT_GRAD && XENTC_FN(grad_row_kept_exps)(r, i, &c))
         return;
     const TYPE *x = c.x, *w = c.w, *q = c.q;
     double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
@@ -386,12 +431,13 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
             skipped = b + n;
             continue;
         }
-        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL, n, (TYPE)m, c.lin, c.qa, c.qb, acc);
+        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL, n, (TYPE)m, c.lin, c.qa, c.qb, acc,
+                             NULL);
     }
     /* -inf logits before the first finite one: their exp is 0 but their
        linear terms are -inf (or NaN with a zero coefficient), as in torch. */
     if (skipped > 0 && m > -INFINITY)
-        XENTC_FN(block_sums)(x, w, q, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc);
+        XENTC_FN(block_sums)(x, w, q, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc, NULL);
     /* log(ones + rest) as log1p((ones - 1) + rest), exact when the sum is near
        1; a row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
     const double ls = m > -INFINITY ? log1p((acc[3] - 1.0) + acc[0]) : NAN;
