@@ -136,10 +136,16 @@ def rows(const floating[:, :] x, const int64_t[::1] target=None,
             status = xentc_rows_f32(&r, n_threads, &bad)
         else:
             status = xentc_rows_f64(&r, n_threads, &bad)
+    _check(status, target, bad, c)
+
+
+cdef int _check(int status, const int64_t[::1] target, int64_t bad, int64_t n_classes) except -1:
+    """A C status as the exception the API promises."""
     if status == XENTC_ERR_TARGET:
-        raise IndexError(f"`target` value {target[bad]} out of range for {c} classes")
+        raise IndexError(f"`target` value {target[bad]} out of range for {n_classes} classes")
     if status != XENTC_OK:
         raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+    return 0
 
 
 def proba(const floating[:, :] p, const int64_t[::1] target, floating[::1] row_sum,
@@ -167,10 +173,7 @@ def proba(const floating[:, :] p, const int64_t[::1] target, floating[::1] row_s
             status = xentc_proba_f32(&r, n_threads, &bad)
         else:
             status = xentc_proba_f64(&r, n_threads, &bad)
-    if status == XENTC_ERR_TARGET:
-        raise IndexError(f"`target` value {target[bad]} out of range for {c} classes")
-    if status != XENTC_OK:
-        raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+    _check(status, target, bad, c)
     return r.lo, r.hi
 
 
@@ -191,10 +194,7 @@ def targets(const int64_t[::1] target, int64_t n_classes, int64_t ignore_index=-
         w = &weight[0]
     with nogil:
         status = xentc_targets(t, n, n_classes, ignore_index, w, &total, &bad)
-    if status == XENTC_ERR_TARGET:
-        raise IndexError(f"`target` value {target[bad]} out of range for {n_classes} classes")
-    if status != XENTC_OK:
-        raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
+    _check(status, target, bad, n_classes)
     return total
 
 
