@@ -255,6 +255,7 @@ typedef struct {
     const TYPE *x, *w, *q; /* q: this row's soft target, NULL for class targets */
     TYPE *out;
     int64_t y;      /* target, -1 without class targets */
+    double xy;      /* x[y], read before an in-place gradient overwrites it */
     TYPE qa, qb;    /* soft coefficient: w * (qa * q + qb) */
     int lin;        /* the linear sums are needed */
     double alpha, beta, gamma; /* grad: alpha * p_c - beta * coef_c - gamma * [c == y] */
@@ -271,6 +272,7 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
     c.q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
     c.out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
     c.y = r->target ? r->target[i] : -1;
+    c.xy = c.y >= 0 && c.y < r->n_classes ? (double)c.x[c.y] : 0.0;
     c.qa = (TYPE)(1.0 - e);
     c.qb = (TYPE)(e / (double)r->n_classes);
     c.lin = r->soft != NULL || (r->target && e > 0.0);
@@ -305,7 +307,7 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
     double loss = 0.0, wy = 0.0;
     if (r->target) {
         wy = c->w ? (double)c->w[c->y] : 1.0;
-        loss = (1.0 - e) * wy * ((m - (double)c->x[c->y]) + ls);
+        loss = (1.0 - e) * wy * ((m - c->xy) + ls);
         if (e > 0.0)
             loss += e / C * lin_loss;
     } else if (c->q) {

@@ -1,8 +1,9 @@
 """Independent reference implementations used by the test suite.
 
 Everything here is plain NumPy/SciPy evaluated in float64 (or in the
-platform's extended precision where noted).  Nothing in this module imports
-the library under test, so a bug in the library cannot leak into the oracle.
+platform's extended precision where noted), except the gradient oracle, which
+is torch autograd in float64.  Nothing in this module imports the library
+under test, so a bug in the library cannot leak into the oracle.
 
 The cross-entropy formulas follow the PyTorch documentation of
 ``torch.nn.functional.cross_entropy``:
@@ -22,12 +23,15 @@ class-probability targets ``q`` (same shape as the input)::
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from scipy.special import logsumexp as _sp_logsumexp
 
 __all__ = [
     "REDUCTIONS",
     "class_axis",
+    "lead_shape",
     "cross_entropy_ref",
     "nll_loss_ref",
     "log_softmax_ref",
@@ -39,10 +43,15 @@ __all__ = [
     "ce_expected",
     "nll_expected",
     "softmax_family_tolerance",
+    "torch_serial",
+    "torch_reference",
+    "grad_tolerance",
     "make_logits",
     "make_targets",
     "make_soft_targets",
     "make_weight",
+    "make_case",
+    "class_count_case",
     "unaligned_copy",
     "eps_of",
     "assert_within",
@@ -63,6 +72,12 @@ def class_axis(ndim: int, axis=None) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} out of range for {ndim}-D input")
     return axis % ndim
+
+
+def lead_shape(shape, axis=None):
+    """``shape`` without its class axis: the shape of class targets / per-element losses."""
+    ax = class_axis(len(shape), axis)
+    return tuple(s for i, s in enumerate(shape) if i != ax)
 
 
 def eps_of(dtype) -> float:
@@ -272,6 +287,74 @@ def softmax_family_tolerance(kind, x, axis, dtype, ulps=8, keepdims=False):
     raise ValueError(kind)
 
 
+# ---------------------------------------------------------------------------
+# gradients: torch autograd in float64, and a tolerance for each element
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_serial():
+    """torch on one thread: the reference tensors are small, and the pool's
+    barriers would cost more than the work wherever the cores are busy."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def torch_reference(x, target, weight=None, ignore_index=-100, reduction="mean",
+                    label_smoothing=0.0, axis=None, grad_output=None):
+    """Loss and d(grad_output . loss)/dx by torch autograd in float64, in x's layout."""
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(x, np.float64)
+    ax, tax = class_axis(x.ndim, axis), (0 if x.ndim == 1 else 1)
+    xt = torch.tensor(np.moveaxis(x, ax, tax), dtype=torch.float64, requires_grad=True)
+    target = np.asarray(target)
+    if target.dtype.kind == "f":
+        tt = torch.tensor(np.moveaxis(target.astype(np.float64), ax, tax))
+    else:
+        tt = torch.tensor(target.astype(np.int64))
+    wt = None if weight is None else torch.tensor(np.asarray(weight, np.float64))
+    with torch_serial():
+        loss = F.cross_entropy(xt, tt, weight=wt, ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=label_smoothing)
+        go = (torch.ones_like(loss) if grad_output is None
+              else torch.tensor(np.asarray(grad_output, np.float64)))
+        loss.backward(go)
+    return loss.detach().numpy(), np.moveaxis(xt.grad.numpy(), tax, ax)
+
+
+def grad_tolerance(x, dtype, target, weight=None, ignore_index=-100, reduction="mean",
+                   axis=None, grad_output=None, ulps=16, **_):
+    """Absolute tolerance for each gradient element.
+
+    A gradient row is ``g * (A * softmax(x) - coef)`` with ``A = sum(coef) <=
+    max|w| * (target mass)``, and softmax has an absolute error of a few ulp
+    times ``|lse| + max|x|``; so: ``ulps`` ulp of ``|g| * max|w| * mass *
+    (1 + |lse| + max|x|)``, divided by the mean's denominator. Where that is
+    zero, so is the tolerance: zeros must be exact and NaN / inf must match.
+    """
+    ax = class_axis(np.ndim(x), axis)
+    w_max = 1.0 if weight is None else float(np.max(np.abs(weight)))
+    target = np.asarray(target)
+    mass = 1.0
+    if target.dtype.kind == "f":
+        mass = np.maximum(1.0, np.sum(np.abs(np.moveaxis(target.astype(np.float64), ax, -1)), -1))
+    scale = loss_scale(x, target, weight, axis) + w_max * mass
+    go = 1.0 if grad_output is None else np.abs(np.asarray(grad_output, np.float64))
+    if reduction == "mean":
+        den = ce_denominator(x, target, weight, ignore_index, axis)
+        go = go / abs(den) if den else 0.0
+    tol = np.broadcast_to(ulps * eps_of(dtype) * go * scale, lead_shape(np.shape(x), axis))
+    return np.broadcast_to(np.expand_dims(tol, ax), np.shape(x))
+
+
 def assert_within(got, want, tol, what=""):
     """|got - want| <= tol elementwise; NaNs and infinities must match."""
     got = np.asarray(got, dtype=np.float64)
@@ -340,6 +423,24 @@ def make_case(rng, shape, axis, dtype, soft):
     tshape = tuple(s for i, s in enumerate(shape) if i != ax)
     t = make_targets(rng, tshape, n_classes, ignore_index=-100 if tshape else None)
     return x, w, t, dict(ignore_index=-100)
+
+
+def class_count_case(rng, n_classes, variant, dtype):
+    """Three rows of ``n_classes`` logits, their targets and keyword arguments.
+
+    ``variant``: "plain" (class targets), "smoothed_weighted" (class targets,
+    weights, label smoothing 0.2) or "soft" (weighted class probabilities).
+    """
+    x = make_logits(rng, (3, n_classes), dtype)
+    kw = {}
+    if variant == "soft":
+        t = make_soft_targets(rng, x.shape, dtype)
+        kw["weight"] = make_weight(rng, n_classes, dtype)
+    else:
+        t = make_targets(rng, (3,), n_classes)
+        if variant == "smoothed_weighted":
+            kw = dict(weight=make_weight(rng, n_classes, dtype), label_smoothing=0.2)
+    return x, t, kw
 
 
 def unaligned_copy(a, byte_offset):

@@ -14,6 +14,7 @@ from reference import (
     assert_within,
     ce_expected,
     class_axis,
+    class_count_case,
     log_softmax_ref,
     make_logits,
     make_soft_targets,
@@ -207,15 +208,7 @@ def test_integer_target_dtypes(tdtype, dtype, backend, rng):
 @pytest.mark.parametrize("variant", ["plain", "smoothed_weighted", "soft"])
 def test_class_counts(n_classes, variant, dtype, backend, rng):
     """Odd sizes exercise vector tails and block boundaries."""
-    x = make_logits(rng, (3, n_classes), dtype)
-    kw = {}
-    if variant == "soft":
-        t = make_soft_targets(rng, x.shape, dtype)
-        kw["weight"] = make_weight(rng, n_classes, dtype)
-    else:
-        t = make_targets(rng, (3,), n_classes)
-        if variant == "smoothed_weighted":
-            kw = dict(weight=make_weight(rng, n_classes, dtype), label_smoothing=0.2)
+    x, t, kw = class_count_case(rng, n_classes, variant, dtype)
     for reduction in REDUCTIONS:
         check_ce(x, t, backend, dtype, torch_too=False, reduction=reduction, **kw)
 

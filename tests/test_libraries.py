@@ -13,7 +13,6 @@ front end.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import tracemalloc
 import warnings
@@ -29,14 +28,13 @@ from xentc import _dispatch
 from reference import (
     REDUCTIONS,
     assert_within,
-    ce_denominator,
     ce_expected,
     class_axis,
     cross_entropy_ref,
-    eps_of,
+    grad_tolerance,
+    lead_shape,
     log_softmax_ref,
     logsumexp_ref,
-    loss_scale,
     make_case,
     make_logits,
     make_targets,
@@ -44,6 +42,8 @@ from reference import (
     nll_expected,
     softmax_family_tolerance,
     softmax_ref,
+    torch_reference,
+    torch_serial,
 )
 
 # name -> (shape, axis): 1-D, (N, C), K-dim (N, C, d1, d2), language model (B, T, V)
@@ -69,78 +69,15 @@ def few_cases_only(library, included):
         pytest.skip(f"{library} runs the {FEW_CASES[0]} case only (each new shape compiles)")
 
 
-@contextlib.contextmanager
-def torch_serial():
-    """torch on one thread for the references: their tensors are small, and the
-    pool's barriers would cost more than the work wherever the cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 @pytest.fixture(params=["auto", "generic"])
 def engine(request):
     """The `backend=` argument: the default dispatch, and the engine that serves everything."""
     return request.param
 
 
-def lead_shape(shape, axis):
-    ax = class_axis(len(shape), axis)
-    return tuple(s for i, s in enumerate(shape) if i != ax)
-
-
 def on(library, kw):
     """`kw` with its NumPy arrays moved to `library`."""
     return {k: library.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-
-
-# ---------------------------------------------------------------------------
-# gradient oracle: torch autograd in float64, independent of the library
-# ---------------------------------------------------------------------------
-
-
-def grad_reference(x, target, weight=None, ignore_index=-100, reduction="mean",
-                   label_smoothing=0.0, axis=None, grad_output=None):
-    """d(grad_output . loss)/dx by torch autograd in float64, in x's layout."""
-    x = np.asarray(x, np.float64)
-    ax, tax = class_axis(x.ndim, axis), (0 if x.ndim == 1 else 1)
-    xt = torch.tensor(np.moveaxis(x, ax, tax), requires_grad=True)
-    target = np.asarray(target)
-    if target.dtype.kind == "f":
-        tt = torch.tensor(np.moveaxis(target.astype(np.float64), ax, tax))
-    else:
-        tt = torch.tensor(target.astype(np.int64))
-    wt = None if weight is None else torch.tensor(np.asarray(weight, np.float64))
-    with torch_serial():
-        loss = F.cross_entropy(xt, tt, weight=wt, ignore_index=ignore_index,
-                               reduction=reduction, label_smoothing=label_smoothing)
-    go = torch.ones_like(loss) if grad_output is None else torch.tensor(
-        np.asarray(grad_output, np.float64))
-    with torch_serial():
-        loss.backward(go)
-    return np.moveaxis(xt.grad.numpy(), tax, ax)
-
-
-def grad_tolerance(x, dtype, target, weight=None, ignore_index=-100, reduction="mean",
-                   axis=None, grad_output=None, ulps=16, **_):
-    """16 ulp of |grad_output| * max|w| * (target mass) * (1 + |lse| + max|x|) per row,
-    divided by the mean's denominator (0 where it is 0: then NaN / inf must match)."""
-    ax = class_axis(np.ndim(x), axis)
-    target = np.asarray(target)
-    w_max = 1.0 if weight is None else float(np.max(np.abs(weight)))
-    mass = 1.0
-    if target.dtype.kind == "f":
-        mass = np.maximum(1.0, np.sum(np.abs(np.moveaxis(target.astype(np.float64), ax, -1)), -1))
-    scale = loss_scale(x, target, weight, axis) + w_max * mass
-    go = 1.0 if grad_output is None else np.abs(np.asarray(grad_output, np.float64))
-    if reduction == "mean":
-        den = ce_denominator(x, target, weight, ignore_index, axis)
-        go = go / abs(den) if den else 0.0
-    tol = np.broadcast_to(ulps * eps_of(dtype) * go * scale, lead_shape(np.shape(x), axis))
-    return np.broadcast_to(np.expand_dims(tol, ax), np.shape(x))
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +139,7 @@ def test_cross_entropy_with_grad(case, soft, library, engine, dtype, rng):
         want_loss, loss_tol = ce_expected(x, t, dtype, reduction=reduction, **kw)
         assert_within(library.check(loss, dtype, np.shape(want_loss), "loss"), want_loss,
                       loss_tol, f"loss, {reduction}")
-        want = grad_reference(x, t, reduction=reduction, grad_output=go, **kw)
+        _, want = torch_reference(x, t, reduction=reduction, grad_output=go, **kw)
         tol = grad_tolerance(x, dtype, t, reduction=reduction, grad_output=go, **kw)
         got = library.check(grad, dtype, shape, "grad")
         assert_within(got, want, tol, f"grad, {reduction}")
@@ -393,7 +330,7 @@ def test_zero_copy_grad_in_place(library, big_case, core_calls):
     assert peak < x.nbytes // 16, f"{peak} bytes allocated for a {x.nbytes}-byte input"
     assert_within(library.check(loss, np.float32, ZC_SHAPE[:1])[:ZC_ROWS], want, tol)
     rows, t_rows = x[:ZC_ROWS], t[:ZC_ROWS]
-    want_grad = grad_reference(rows, t_rows, reduction="none")
+    _, want_grad = torch_reference(rows, t_rows, reduction="none")
     tol = grad_tolerance(rows, np.float32, t_rows, reduction="none")
     assert_within(library.check(grad, np.float32, ZC_SHAPE)[:ZC_ROWS], want_grad, tol, "grad")
 
@@ -403,6 +340,8 @@ def test_zero_copy_grad_in_place(library, big_case, core_calls):
 # ---------------------------------------------------------------------------
 
 HALF_CASES = [("numpy", "float16"), ("torch", "float16"), ("torch", "bfloat16")]
+half_cases = pytest.mark.parametrize("lib, half", HALF_CASES, ids=["-".join(c) for c in HALF_CASES])
+HALF_CE_KW = dict(ignore_index=-100, label_smoothing=0.1)  # the half cross-entropy tests' options
 HALF_SHAPE = (200, 700)  # 1.4e5 elements: two of the C engine's float32 blocks
 
 
@@ -431,6 +370,7 @@ class Half:
             self.xl, self.wl = self.torch_x.clone(), self.torch_w.clone()
         self.t = make_targets(rng, shape[:1], shape[1], ignore_index=-100)
         self.tl = self.t if lib == "numpy" else torch.from_numpy(self.t)
+        self.tt = torch.from_numpy(self.t)  # the targets for torch's own result
 
     def check_dtype(self, got):
         if isinstance(self.xl, np.ndarray):
@@ -447,34 +387,30 @@ class Half:
         assert_within(got, want, tol, f"{what} (torch's error {np.max(torch_err):.3g})")
 
 
-@pytest.mark.parametrize("lib, half", HALF_CASES, ids=["-".join(c) for c in HALF_CASES])
+@half_cases
 def test_half_cross_entropy(lib, half, engine, rng):
-    h = Half(lib, half, rng)
-    kw = dict(ignore_index=-100, label_smoothing=0.1)
-    tt = torch.from_numpy(h.t)
+    h, kw = Half(lib, half, rng), HALF_CE_KW
     for reduction in REDUCTIONS:
         got = xentc.cross_entropy(h.xl, h.tl, h.wl, reduction=reduction, backend=engine, **kw)
         want = cross_entropy_ref(h.x, h.t, h.w, reduction=reduction, **kw)
         with torch_serial():
-            theirs = F.cross_entropy(h.torch_x, tt, h.torch_w, reduction=reduction, **kw)
+            theirs = F.cross_entropy(h.torch_x, h.tt, h.torch_w, reduction=reduction, **kw)
         h.check(got, want, theirs, f"loss, {reduction}")
 
 
-@pytest.mark.parametrize("lib, half", HALF_CASES, ids=["-".join(c) for c in HALF_CASES])
+@half_cases
 def test_half_cross_entropy_with_grad(lib, half, engine, rng):
-    h = Half(lib, half, rng)
-    kw = dict(ignore_index=-100, label_smoothing=0.1)
-    tt = torch.from_numpy(h.t)
+    h, kw = Half(lib, half, rng), HALF_CE_KW
     for reduction in REDUCTIONS:
         loss, grad = xentc.cross_entropy_with_grad(h.xl, h.tl, h.wl, reduction=reduction,
                                                    backend=engine, **kw)
         xt = h.torch_x.clone().requires_grad_()
         with torch_serial():
-            theirs = F.cross_entropy(xt, tt, h.torch_w, reduction=reduction, **kw)
+            theirs = F.cross_entropy(xt, h.tt, h.torch_w, reduction=reduction, **kw)
             theirs.backward(torch.ones_like(theirs))
         h.check(loss, cross_entropy_ref(h.x, h.t, h.w, reduction=reduction, **kw), theirs.detach(),
                 f"loss, {reduction}")
-        want = grad_reference(h.x, h.t, h.w, reduction=reduction, **kw)
+        _, want = torch_reference(h.x, h.t, h.w, reduction=reduction, **kw)
         h.check(grad, want, xt.grad, f"grad, {reduction}")
         if isinstance(h.xl, torch.Tensor):  # in place, in half precision too
             buf = h.xl.clone()
@@ -484,7 +420,7 @@ def test_half_cross_entropy_with_grad(lib, half, engine, rng):
             torch.testing.assert_close(grad2, grad, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("lib, half", HALF_CASES, ids=["-".join(c) for c in HALF_CASES])
+@half_cases
 def test_half_softmax_family(lib, half, engine, rng):
     h = Half(lib, half, rng)
     with torch_serial():
@@ -524,7 +460,7 @@ def test_torch_autograd(case, engine, dtype, rng):
     assert xt.grad is not None and xt.grad.dtype == xt.dtype and xt.grad.shape == xt.shape
     want, tol = ce_expected(x, t, dtype, **kw)
     assert_within(loss.detach().numpy(), want, tol, "loss")
-    want = grad_reference(x, t, grad_output=None if reduction != "none" else go, **kw)
+    _, want = torch_reference(x, t, grad_output=None if reduction != "none" else go, **kw)
     tol = grad_tolerance(x, dtype, t, grad_output=None if reduction != "none" else go, **kw)
     assert_within(xt.grad.numpy(), want, tol, "grad")
 

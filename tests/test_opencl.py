@@ -32,7 +32,9 @@ from reference import (
     assert_within,
     ce_expected,
     class_axis,
+    class_count_case,
     eps_of,
+    grad_tolerance,
     log_softmax_ref,
     logsumexp_ref,
     make_case,
@@ -43,6 +45,7 @@ from reference import (
     nll_expected,
     softmax_family_tolerance,
     softmax_ref,
+    torch_reference,
 )
 from test_cross_entropy import (
     INF_ROWS,
@@ -55,13 +58,7 @@ from test_cross_entropy import (
     torch_ce,
     torch_nll,
 )
-from test_grad import (
-    LAYOUTS,
-    grad_tolerance,
-    make_grad_output,
-    make_problem,
-    torch_reference,
-)
+from test_grad import LAYOUTS, make_grad_output, make_problem
 
 import xentc
 from xentc import _dispatch
@@ -179,15 +176,7 @@ def test_class_counts(n_classes, variant, dtype, row_layout, queue, rng):
 
 def check_class_count(queue, rng, n_classes, variant, dtype):
     """Three rows of `n_classes`: every reduction against the reference."""
-    x = make_logits(rng, (3, n_classes), dtype)
-    kw = {}
-    if variant == "soft":
-        t = make_soft_targets(rng, x.shape, dtype)
-        kw["weight"] = make_weight(rng, n_classes, dtype)
-    else:
-        t = make_targets(rng, (3,), n_classes)
-        if variant == "smoothed_weighted":
-            kw = {"weight": make_weight(rng, n_classes, dtype), "label_smoothing": 0.2}
+    x, t, kw = class_count_case(rng, n_classes, variant, dtype)
     for reduction in REDUCTIONS:
         check_ce(queue, x, t, dtype, torch_too=False, reduction=reduction, **kw)
 
