@@ -1,4 +1,6 @@
-"""``python -m xentc``: print the build and run-time configuration."""
-from ._config import show_config
+"""``python -m xentc``: the command line (``info``, the default, and ``bench``)."""
+import sys
 
-show_config()
+from ._cli import main
+
+sys.exit(main())
