@@ -78,8 +78,8 @@ BARS = {
 DEFAULT_SHAPES = [(2048, 32000), (256, 128256), (8192, 1000), (1024, 50257), (65536, 10)]
 QUICK_SHAPES = [(256, 1000), (64, 8192), (4096, 10)]
 DEFAULT_REPEAT = 15
-#: The README's table: torch and the NumPy reference (``--peers`` adds jax, scipy).
-DEFAULT_PEERS = ["torch", "numpy"]
+#: The README's table: torch, xentc on torch tensors (the same memory: no copy) and NumPy.
+DEFAULT_PEERS = ["torch", "xentc-torch", "numpy"]
 
 
 def main(argv=None):

@@ -519,6 +519,12 @@ def _torch_tensors(d, requires_grad=False):
     return torch.from_numpy(d.x).requires_grad_(requires_grad), torch.from_numpy(d.t)
 
 
+def _xentc_torch_forward(d):
+    import xentc
+    xt, tt = _torch_tensors(d)  # views of the same NumPy memory: the C core reads them in place
+    return _loss_only(lambda: xentc.cross_entropy(xt, tt, n_threads=d.threads))
+
+
 def _torch_forward(d):
     import torch
     xt, tt = _torch_tensors(d)
@@ -648,6 +654,8 @@ TASKS = {
 
 PEERS = (
     Peer("forward", "xentc", "xentc.cross_entropy(x, t)", ("xentc",), _xentc_forward),
+    Peer("forward", "xentc-torch", "xentc.cross_entropy on torch CPU tensors (DLPack, no copy)",
+         ("xentc", "torch"), _xentc_torch_forward),
     Peer("forward", "torch", "torch.nn.functional.cross_entropy(x, t)", ("torch",),
          _torch_forward),
     Peer("forward", "jax", "jax.jit(optax.softmax_cross_entropy_with_integer_labels(x, t)"
