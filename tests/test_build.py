@@ -14,6 +14,7 @@ import platform
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
 
 import pytest
@@ -48,6 +49,7 @@ def _probe(code, **env):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tempfile.gettempdir(),  # `-c` puts the cwd first on sys.path: not the source tree
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -594,8 +595,9 @@ def test_without_pyopencl():
         except ImportError as exc:
             print(exc)
     """)
+    # `-c` puts the cwd first on sys.path: run away from the source tree.
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=False)
+                         timeout=120, check=False, cwd=tempfile.gettempdir())
     assert res.returncode == 0, res.stderr
     assert 'pip install "xentc[opencl]"' in res.stdout
 
@@ -613,7 +615,7 @@ def test_pyopencl_ctx_names_the_default_device():
     """)
     env = dict(os.environ, PYOPENCL_CTX="999")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env, check=False)
+                         timeout=120, env=env, check=False, cwd=tempfile.gettempdir())
     assert res.returncode == 0, res.stderr
     assert "cannot open a default OpenCL device" in res.stdout
 
