@@ -119,8 +119,9 @@ def show_config():
         ``version``; ``openmp`` (compiled with OpenMP); ``compiled_isas``
         (SIMD levels the row kernel was built for); ``isa`` (the one in use,
         lowered with the ``XENTC_ISA`` environment variable); ``threads``
-        (threads a call uses by default).
+        (threads a call uses by default); ``opencl_devices`` (the OpenCL
+        platforms and devices found, or why none could be listed).
     """
-    cfg = config()
+    cfg = {**config(), "opencl_devices": opencl_devices()}
     print(format_config(cfg))
     return cfg
