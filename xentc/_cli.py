@@ -99,9 +99,8 @@ def _info(args):
 
 def _bench_command(parser, args):
     itemsize = 4 if args.dtype == "float32" else 8
-    _resolve_run_arguments(
-        parser, args, args.tasks, _bench.constant_byte_shapes(DEFAULT_CLASSES, args.mib * 2**20, itemsize),
-        QUICK_SHAPES, DEFAULT_REPEAT)
+    default_shapes = _bench.constant_byte_shapes(DEFAULT_CLASSES, args.mib * 2**20, itemsize)
+    _resolve_run_arguments(parser, args, args.tasks, default_shapes, QUICK_SHAPES, DEFAULT_REPEAT)
     if args.plot and _config.module_version("matplotlib") is None:
         parser.error("--plot needs matplotlib (pip install matplotlib)")
     report = _bench.run(args.shapes, args.tasks, dtype=args.dtype, repeat=args.repeat,
