@@ -320,18 +320,16 @@ int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes, int64_t i
 {
     if ((n > 0 && !target) || n < 0 || n_classes < 1 || !total)
         return XENTC_ERR_ARG;
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        const int64_t y = target[i];
-        if (y == ignore_index)
-            continue;
-        if (y < 0 || y >= n_classes) {
-            if (bad_row)
-                *bad_row = i;
-            return XENTC_ERR_TARGET;
-        }
-        s += weight ? weight[y] : 1.0;
+    const int64_t bad = n > 0 ? first_bad_target(target, 0, n, n_classes, &ignore_index) : -1;
+    if (bad >= 0) {
+        if (bad_row)
+            *bad_row = bad;
+        return XENTC_ERR_TARGET;
     }
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        if (target[i] != ignore_index)
+            s += weight ? weight[target[i]] : 1.0;
     *total = s;
     return XENTC_OK;
 }
