@@ -279,15 +279,16 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("n_classes", [1, 10, 37])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("soft", [False, True], ids=["class", "soft"])
-def test_non_contiguous_inputs(layout, soft, dtype, backend, rng):
-    n, c = 9, 37
+def test_non_contiguous_inputs(layout, soft, n_classes, dtype, backend, rng):
+    n, c = 75, n_classes  # narrow rows: a batch of lanes, a group, a tail
     x0 = make_logits(rng, (n, c), dtype)
     w0 = make_weight(rng, c, dtype)
     x = LAYOUTS[layout](x0)
     assert np.array_equal(x, x0)
-    assert not x.flags.c_contiguous
+    assert x.strides != x0.strides or c == 1  # one class: some layouts coincide
     w = w0.repeat(2)[::2] if layout != "reversed_classes" else w0[::-1].copy()[::-1]
     if soft:
         t = LAYOUTS[layout](make_soft_targets(rng, (n, c), dtype))
@@ -296,11 +297,13 @@ def test_non_contiguous_inputs(layout, soft, dtype, backend, rng):
         t = make_targets(rng, (2 * n,), c, ignore_index=-100)[::2]  # strided targets
         kw = dict(ignore_index=-100)
     for reduction in REDUCTIONS:
-        got = check_ce(x, t, backend, dtype, weight=w, reduction=reduction, label_smoothing=0.1, **kw)
-        contiguous = xentc.cross_entropy(
-            x0, np.ascontiguousarray(t), weight=w0, reduction=reduction, label_smoothing=0.1, backend=backend, **kw
-        )
-        np.testing.assert_allclose(got, contiguous, rtol=4 * np.finfo(dtype).eps)
+        for smoothing in (0.0, 0.1):
+            got = check_ce(x, t, backend, dtype, weight=w, reduction=reduction,
+                           label_smoothing=smoothing, **kw)
+            contiguous = xentc.cross_entropy(x0, np.ascontiguousarray(t), weight=w0,
+                                             reduction=reduction, label_smoothing=smoothing,
+                                             backend=backend, **kw)
+            np.testing.assert_allclose(got, contiguous, rtol=4 * np.finfo(dtype).eps)
 
 
 def test_non_contiguous_kdim_input(dtype, backend, rng):
@@ -427,6 +430,31 @@ def test_non_finite_rows_in_a_batch_match_torch(weighted, dtype, backend):
     got = xentc.logsumexp(x, backend=backend)
     want = torch.logsumexp(torch.from_numpy(x.astype(np.float64)), 1).numpy()
     np.testing.assert_allclose(got, want.astype(dtype), rtol=8 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 7, 10, 16])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_special_rows_scattered_in_long_batches_match_torch(n_classes, strided, dtype, backend,
+                                                            rng):
+    """Narrow rows run in batches of lanes: a batch holding one infinite,
+    NaN or ignored row must give the same numbers as the batches without."""
+    n = 300
+    wide = make_logits(rng, (n, n_classes + 3 if strided else n_classes), dtype, scale=5.0)
+    x = wide[:, :n_classes]
+    t = make_targets(rng, (n,), n_classes)
+    for row, col, value in [(5, 0, np.inf), (70, n_classes - 1, -np.inf), (71, 0, np.nan)]:
+        x[row, col] = value
+    x[150, :] = -np.inf
+    t[[3, 90, 299]] = -100
+    w = make_weight(rng, n_classes, dtype)
+    for weight in (None, w):
+        got = xentc.cross_entropy(x, t, weight, reduction="none", backend=backend)
+        want = torch_ce(x, t, weight, reduction="none")
+        check_result(got, want, 16 * np.finfo(dtype).eps * (1.0 + np.abs(want)), dtype, "none")
+    got = xentc.logsumexp(x, backend=backend)
+    want = torch.logsumexp(torch.from_numpy(x.astype(np.float64)), 1).numpy()
+    scale = np.max(np.abs(np.where(np.isfinite(x), x, 0)), axis=1)  # lse = max + log(sum)
+    assert_within(got, want, 8 * np.finfo(dtype).eps * (scale + np.abs(want)), "logsumexp")
 
 
 SOFT_INF_ROWS = {

@@ -60,8 +60,10 @@ cdef extern from "xentc.h" nogil:
 OUT_NONE, OUT_LOG_SOFTMAX, OUT_SOFTMAX, OUT_GRAD = 0, 1, 2, 3
 
 
-cdef int64_t _row_stride(str name, Py_ssize_t[:] strides, Py_ssize_t itemsize) except -1:
-    if strides[1] != itemsize:
+cdef int64_t _row_stride(str name, Py_ssize_t[:] strides, Py_ssize_t itemsize,
+                         int64_t c) except? -1:
+    # One class is contiguous whatever its stride; its rows' stride still counts.
+    if c > 1 and strides[1] != itemsize:
         raise ValueError(f"{name} must have contiguous classes")
     if strides[0] % itemsize:
         raise ValueError(f"{name} row stride is not a multiple of its itemsize")
@@ -86,7 +88,7 @@ cdef const void *_matrix(str name, const floating[:, :] a, int64_t n, int64_t c,
         raise ValueError(f"{name} must have shape ({n}, {c}), got ({a.shape[0]}, {a.shape[1]})")
     if n == 0 or c == 0:
         return NULL
-    stride[0] = _row_stride(name, a.strides, sizeof(floating)) if c > 1 else c
+    stride[0] = _row_stride(name, a.strides, sizeof(floating), c)
     return &a[0, 0]
 
 
