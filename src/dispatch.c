@@ -29,6 +29,8 @@ typedef struct {
     xentc_rows_fn rows_f32, rows_f64;
     xentc_exp_fn exp_f32, exp_f64;
     xentc_proba_fn proba_f32, proba_f64;
+    xentc_bad_target_fn bad_target;
+    xentc_target_total_fn target_total;
 } isa_entry;
 
 static int always(void) { return 1; }
@@ -53,7 +55,7 @@ static int has_avx512(void)
 #define ISA(name, test)                                                        \
     {#name, test, xentc_rows_f32_##name, xentc_rows_f64_##name,                   \
      xentc_exp_f32_##name, xentc_exp_f64_##name, xentc_proba_f32_##name,          \
-     xentc_proba_f64_##name}
+     xentc_proba_f64_##name, xentc_bad_target_##name, xentc_target_total_##name}
 
 /* Lowest first; the best supported one is chosen. */
 static const isa_entry isas[] = {
@@ -202,11 +204,9 @@ static void for_chunks(int64_t n_rows, int64_t n_classes, int n_threads, chunk_b
 static int64_t first_bad_target(const int64_t *target, int64_t i0, int64_t i1,
                                 int64_t n_classes, const int64_t *ignore_index)
 {
-    for (int64_t i = i0; i < i1; i++)
-        if ((target[i] < 0 || target[i] >= n_classes) &&
-            !(ignore_index && target[i] == *ignore_index))
-            return i;
-    return -1;
+    /* 0 is in range: with nothing ignored, no target is excepted */
+    return get_active()->bad_target(target, i0, i1, n_classes,
+                                    ignore_index ? *ignore_index : 0);
 }
 
 /* Any one bad row will do; the atomic store only keeps the write whole. */
@@ -326,11 +326,7 @@ int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes, int64_t i
             *bad_row = bad;
         return XENTC_ERR_TARGET;
     }
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        if (target[i] != ignore_index)
-            s += weight ? weight[target[i]] : 1.0;
-    *total = s;
+    *total = get_active()->target_total(target, n, ignore_index, weight);
     return XENTC_OK;
 }
 

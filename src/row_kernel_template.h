@@ -1,7 +1,7 @@
 /*
  * The row kernel, instantiated by row_kernels.c once per dtype. Expects TYPE,
- * ITYPE (same-width integer), XENTC_SFX, XENTC_FN and the EXP_* / LN2_*
- * constants; XENTC_VBYTES gives the vector width of this ISA build.
+ * ITYPE (same-width integer), XENTC_SFX, XENTC_FN, LOG1P_TOP and the EXP_* /
+ * LN2_* constants; XENTC_VBYTES gives the vector width of this ISA build.
  *
  * One row is processed in blocks of 4 KiB: the block's max is taken while it
  * streams in from memory, then exp(x - m) and the linear sums are taken over
@@ -547,7 +547,7 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         XENTC_FN(exp_buffer)(buf, (g1 - g0) * C, 1);
         for (int64_t i = g0; i < g1; i++) /* NaN for a row of -inf: no max */
             sums[i - g0] = XENTC_FN(short_excess)(buf + (i - g0) * C, C, st[i - g0].ones);
-        xentc_log1p_array(sums, logs, g1 - g0);
+        xentc_log1p_array(sums, logs, g1 - g0, LOG1P_TOP);
         for (int64_t i = g0; i < g1; i++) {
             XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
             st[i - g0].skip = XENTC_FN(ignored)(r, i, &c);
@@ -600,76 +600,114 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
  * Narrow rows (a handful of classes) when only loss / lse are asked for: one
  * vector lane per row, so the max, the exps and the sums of NL rows run side
  * by side with no per-row horizontal work. Column k of the NL rows is
- * gathered lane by lane (the rows are in L1 after the first column).
+ * gathered once (the rows are in L1 after the first column) and kept for
+ * both the max and the exps.
  */
 #define NARROW_C ((int64_t)16)
 
 static inline VT XENTC_FN(column)(const TYPE *x, int64_t stride, int64_t k)
 {
-    VT v;
+    VT v; /* lane inserts: AVX2's gather is slower on the CPUs measured */
     for (int64_t l = 0; l < NL; l++)
         v[l] = x[l * stride + k];
     return v;
 }
 
+/* Row maxima m and excess sums (sum exp(x - m)) - 1 of NL rows from x,
+   one row per lane. */
+static inline void XENTC_FN(narrow_sums)(const TYPE *x, int64_t stride, int64_t C,
+                                         double *md, double *excess)
+{
+    const VT minus_one = XENTC_FN(splat)(-1);
+    VT col[NARROW_C];
+    /* Two chains for the max; max(v, m) skips a NaN v, which still poisons
+       the sum. */
+    VT m = XENTC_FN(splat)(-INFINITY), m1 = m;
+    int64_t k = 0;
+    for (; k + 2 <= C; k += 2) {
+        col[k] = XENTC_FN(column)(x, stride, k);
+        col[k + 1] = XENTC_FN(column)(x, stride, k + 1);
+        m = XENTC_FN(max)(col[k], m);
+        m1 = XENTC_FN(max)(col[k + 1], m1);
+    }
+    if (k < C) {
+        col[k] = XENTC_FN(column)(x, stride, k);
+        m = XENTC_FN(max)(col[k], m);
+    }
+    m = XENTC_FN(max)(m1, m);
+    /* exact ones apart from the rest, as in block_sums */
+    VT s = {0}, ones = {0};
+    for (k = 0; k + 4 <= C; k += 4) {
+        VT d[4], top[4];
+        for (int u = 0; u < 4; u++) {
+            d[u] = col[k + u] - m;
+            top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
+        }
+        XENTC_FN(vexp_n)(d, 4, 0);
+        for (int u = 0; u < 4; u++) {
+            s += d[u] + top[u];
+            ones -= top[u];
+        }
+    }
+    for (; k < C; k++) {
+        const VT d = col[k] - m;
+        const VT top = (VT)((d == 0) & (VIT)minus_one);
+        s += XENTC_FN(vexp)(d) + top;
+        ones -= top;
+    }
+    for (int64_t l = 0; l < NL; l++) {
+        md[l] = (double)m[l];
+        excess[l] = ((double)ones[l] - 1.0) + (double)s[l];
+    }
+}
+
+/* Rows per batch of the narrow path: each step (sums, logs, losses) runs
+   over the whole batch, so the out-of-order core overlaps independent
+   groups of rows instead of waiting on one group's chain of latencies. */
+#define NARROW_BATCH ((int64_t)64)
+
 static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 {
-    const int64_t C = r->n_classes, stride = r->x_stride;
-    const VT minus_one = XENTC_FN(splat)(-1);
+    /* Locals, not r->...: the stores to loss could alias r for all the
+       compiler knows, which would reload every field for every row. */
+    const int64_t C = r->n_classes, stride = r->x_stride, ignore = r->ignore_index;
+    const TYPE *const x0 = (const TYPE *)r->x, *const w = (const TYPE *)r->weight;
+    const int64_t *const target = r->target;
+    TYPE *const loss = (TYPE *)r->loss, *const lse = (TYPE *)r->lse;
+    double md[NARROW_BATCH], excess[NARROW_BATCH], ls[NARROW_BATCH];
     int64_t i = i0;
-    for (; i + NL <= i1; i += NL) {
-        const TYPE *x = (const TYPE *)r->x + i * stride;
-        VT m = XENTC_FN(splat)(-INFINITY);
-        for (int64_t k = 0; k < C; k++) {
-            const VT v = XENTC_FN(column)(x, stride, k);
-            m = XENTC_FN(sel)(v > m, v, m); /* NaN skipped; it poisons the sum */
-        }
-        /* exact ones apart from the rest, as in block_sums */
-        VT s = {0}, ones = {0};
-        int64_t k = 0;
-        for (; k + 4 <= C; k += 4) {
-            VT d[4], top[4];
-            for (int u = 0; u < 4; u++) {
-                d[u] = XENTC_FN(column)(x, stride, k + u) - m;
-                top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
-            }
-            XENTC_FN(vexp_n)(d, 4, 0);
-            for (int u = 0; u < 4; u++) {
-                s += d[u] + top[u];
-                ones -= top[u];
-            }
-        }
-        for (; k < C; k++) {
-            const VT d = XENTC_FN(column)(x, stride, k) - m;
-            const VT top = (VT)((d == 0) & (VIT)minus_one);
-            s += XENTC_FN(vexp)(d) + top;
-            ones -= top;
-        }
-        double excess[NL], ls[NL];
-        for (int64_t l = 0; l < NL; l++)
-            excess[l] = ((double)ones[l] - 1.0) + (double)s[l];
-        xentc_log1p_array(excess, ls, NL);
-        for (int64_t l = 0; l < NL; l++) {
-            /* finish() reduced to what these rows need (no smoothing, no
-               second result): at ten classes its general set-up would cost
-               as much as the row itself. Infinite maxima take the full path. */
-            const int64_t row = i + l;
-            const double ml = (double)m[l];
-            const int64_t y = r->target ? r->target[row] : -1;
-            if (isinf(ml) || (r->target && y == r->ignore_index)) {
-                XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, row);
+    while (i1 - i >= NL) {
+        const int64_t n = i1 - i < NARROW_BATCH ? (i1 - i) / NL * NL : NARROW_BATCH;
+        for (int64_t g = 0; g < n; g += NL)
+            XENTC_FN(narrow_sums)(x0 + (i + g) * stride, stride, C, md + g, excess + g);
+        xentc_log1p_array(excess, ls, n, LOG1P_TOP);
+        /* finish() reduced to what these rows need (no smoothing, no second
+           result), a loop without branches: at ten classes finish()'s
+           general set-up would cost as much as the row itself. A batch with
+           an infinite maximum or an ignored row takes finish() whole; both
+           give the same bits. */
+        int special = 0;
+        for (int64_t l = 0; l < n; l++)
+            special |= isinf(md[l]) | (target && target[i + l] == ignore);
+        if (special) {
+            for (int64_t l = 0; l < n; l++) {
+                XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i + l);
                 const double acc[4] = {0.0, 0.0, 0.0, 1.0}; /* no linear sums here */
-                if (!XENTC_FN(ignored)(r, row, &c))
-                    XENTC_FN(finish)(r, row, &c, ml, ls[l], acc);
-                continue;
+                if (!XENTC_FN(ignored)(r, i + l, &c))
+                    XENTC_FN(finish)(r, i + l, &c, md[l], ls[l], acc);
             }
-            if (r->loss) {
-                const double wy = r->weight ? (double)((const TYPE *)r->weight)[y] : 1.0;
-                ((TYPE *)r->loss)[row] = (TYPE)(wy * ((ml - (double)x[l * stride + y]) + ls[l]));
-            }
-            if (r->lse)
-                ((TYPE *)r->lse)[row] = (TYPE)(ml + ls[l]);
+        } else {
+            if (loss)
+                for (int64_t l = 0; l < n; l++) {
+                    const int64_t y = target[i + l];
+                    const double wy = w ? (double)w[y] : 1.0;
+                    loss[i + l] = (TYPE)(wy * ((md[l] - (double)x0[(i + l) * stride + y]) + ls[l]));
+                }
+            if (lse)
+                for (int64_t l = 0; l < n; l++)
+                    lse[i + l] = (TYPE)(md[l] + ls[l]);
         }
+        i += n;
     }
     if (i < i1)
         XENTC_FN(short_rows)(r, i, i1);
@@ -735,3 +773,4 @@ void XENTC_FN(xentc_proba)(const xentc_proba *pr, int64_t i0, int64_t i1, double
 #undef SHORT_BUF
 #undef SHORT_ROWS
 #undef NARROW_C
+#undef NARROW_BATCH

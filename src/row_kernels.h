@@ -1,7 +1,8 @@
 /*
  * Per-ISA row kernels. row_kernels.c is compiled once per instruction set
  * (meson passes XENTC_ISA and the matching -m flags); each build defines one
- * rows function, one probability pass and one exp helper per dtype, named *_<dtype>_<isa>.
+ * rows function, one probability pass and one exp helper per dtype, named
+ * *_<dtype>_<isa>, and the two target passes, *_<isa>.
  */
 #ifndef XENTC_ROW_KERNELS_H
 #define XENTC_ROW_KERNELS_H
@@ -14,6 +15,14 @@ typedef void (*xentc_exp_fn)(const void *in, void *out, int64_t n);
 /* Rows [i0, i1) of a probability array (targets checked); ext = {min, max, nan}. */
 typedef void (*xentc_proba_fn)(const xentc_proba *proba, int64_t i0, int64_t i1, double ext[3]);
 
+/* The first i in [i0, i1) with target[i] outside [0, n_classes) and not
+   `ignore`, or -1; and the sum of weight[target[i]] (1 without weight) over
+   targets other than `ignore`, all targets being valid. */
+typedef int64_t (*xentc_bad_target_fn)(const int64_t *target, int64_t i0, int64_t i1,
+                                       int64_t n_classes, int64_t ignore);
+typedef double (*xentc_target_total_fn)(const int64_t *target, int64_t n, int64_t ignore,
+                                        const double *weight);
+
 #define XENTC_DECLARE_ISA(isa)                                                 \
     void xentc_rows_f32_##isa(const xentc_rows *rows, int64_t i0, int64_t i1); \
     void xentc_rows_f64_##isa(const xentc_rows *rows, int64_t i0, int64_t i1); \
@@ -22,7 +31,11 @@ typedef void (*xentc_proba_fn)(const xentc_proba *proba, int64_t i0, int64_t i1,
     void xentc_proba_f32_##isa(const xentc_proba *proba, int64_t i0, int64_t i1, \
                                double ext[3]);                                 \
     void xentc_proba_f64_##isa(const xentc_proba *proba, int64_t i0, int64_t i1, \
-                               double ext[3]);
+                               double ext[3]);                                 \
+    int64_t xentc_bad_target_##isa(const int64_t *target, int64_t i0, int64_t i1, \
+                                   int64_t n_classes, int64_t ignore);         \
+    double xentc_target_total_##isa(const int64_t *target, int64_t n, int64_t ignore, \
+                                    const double *weight);
 
 XENTC_DECLARE_ISA(baseline)
 XENTC_DECLARE_ISA(avx2)
