@@ -311,13 +311,6 @@ def test_array_api_strict(backend, rng):
         xentc.log_loss(xps.asarray(index), xps.asarray(proba * 0.5), backend=backend)
 
 
-def test_engine_without_log_loss(monkeypatch):
-    fake = types.SimpleNamespace(name="opencl")
-    monkeypatch.setattr(xentc.metrics._dispatch, "engine_for", lambda xp, a, backend: fake)
-    with pytest.raises(NotImplementedError, match="'opencl' engine"):
-        xentc.log_loss([0, 1], [.3, .6])
-
-
 @pytest.mark.parametrize("namespace", ["numpy", "torch"])
 def test_proba_rows_contract(namespace, rng):
     p = rng.uniform(-0.5, 1.5, (33, 7))

@@ -48,6 +48,8 @@ from reference import (
     softmax_ref,
     torch_reference,
 )
+from scipy.special import expit, softmax
+from sklearn.metrics import log_loss as sk_log_loss
 from test_cross_entropy import (
     INF_ROWS,
     NORMAL_ROW,
@@ -60,6 +62,7 @@ from test_cross_entropy import (
     torch_nll,
 )
 from test_grad import LAYOUTS, make_grad_output, make_problem
+from test_log_loss import RTOL, outcome, random_proba
 
 import xentc
 from xentc import _dispatch
@@ -385,13 +388,18 @@ def check_grad_kernel(queue, rng, n_classes, soft, weighted_smoothed, in_place, 
 
 def test_scalar_build(scalar_build, queue, rng):
     """The VEC = 1 build that GPUs get, with lanes per row: the forward over every
-    lane count, the gradient, and the non-finite rows (float32: one more build)."""
+    lane count, the gradient, and the non-finite rows (float32: one more build);
+    the probability pass, and the float64 build (scalar select needs a long mask)."""
     for n_classes in (3, 17, 257, 2049):
         for variant in ("plain", "smoothed_weighted", "soft"):
             check_class_count(queue, rng, n_classes, variant, np.float32)
     for n_classes, soft in ((10, False), (300, True), (5000, False)):
         check_grad_kernel(queue, rng, n_classes, soft, True, True, np.float32)
     check_non_finite_rows(queue, 0.1, True, np.float32)
+    for dtype in (np.float32, np.float64):
+        for shape in ((5, 3), (3, 2049)):
+            check_proba_rows(queue, rng, shape, dtype)
+    check_class_count(queue, rng, 257, "smoothed_weighted", np.float64)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -646,6 +654,198 @@ def test_reductions_are_deterministic_and_accurate(dtype, queue, rng):
 
 
 # ---------------------------------------------------------------------------
+# log_loss: the probability pass, and scikit-learn's results on the device
+# ---------------------------------------------------------------------------
+
+
+def check_proba_rows(queue, rng, shape, dtype):
+    """`proba_rows` on the device against NumPy: exact extremes and picks, sums to
+    a few ulp, NaN and infinities anywhere (the last element of a row's partial
+    vector included), strided input, and host arrays through the default queue."""
+    n, c = shape
+    t = rng.integers(0, c, n)
+    # All-positive then all-negative entries: padding past a row's end (0 in
+    # the sums) must not become the minimum, nor the maximum.
+    for low, high in ((0.25, 1.5), (-2.0, -0.5)):
+        p = rng.uniform(low, high, shape).astype(dtype)
+        lo, hi, total, picked = opencl.proba_rows(None, dev(queue, p), dev(queue, t))
+        assert type(lo) is float and type(hi) is float
+        assert (lo, hi) == (p.min(), p.max())
+        want = p.astype(np.float64).sum(axis=1)
+        bound = 2 * c * eps_of(dtype) * np.abs(p.astype(np.float64)).sum(axis=1)
+        assert np.all(np.abs(read(queue, total, dtype, (n,), "total") - want) <= bound)
+        np.testing.assert_array_equal(read(queue, picked, dtype, (n,), "picked"),
+                                      p[np.arange(n), t])
+    # Strided rows (every other column of a wider array), no target.
+    wide = dev(queue, np.repeat(p, 2, axis=1))[:, ::2]
+    lo, hi, total, picked = opencl.proba_rows(None, wide)
+    assert (lo, hi) == (p.min(), p.max()) and picked is None
+    assert np.all(np.abs(read(queue, total, dtype, (n,), "strided total") - want) <= bound)
+    for row, col in ((0, 0), (n - 1, c - 1), (n // 2, c // 2)):
+        for bad in (np.nan, np.inf, -np.inf):
+            q = p.copy()
+            q[row, col] = bad
+            lo, hi = opencl.proba_rows(None, dev(queue, q))[:2]
+            if np.isnan(bad):
+                assert np.isnan(lo) and np.isnan(hi), (row, col)
+            else:
+                assert (lo, hi) == (q.min(), q.max()), (row, col, bad)
+    # A target outside [0, C) reads nothing: NaN.
+    bad_t = t.copy()
+    bad_t[-1] = c
+    picked = opencl.proba_rows(None, dev(queue, p), dev(queue, bad_t))[3].get()
+    assert np.isnan(picked[-1]) and np.array_equal(picked[:-1], p[np.arange(n - 1), t[:-1]])
+    lo, hi, total, picked = opencl.proba_rows(np, p, t)
+    assert isinstance(total, np.ndarray) and total.dtype == dtype and (lo, hi) == (p.min(), p.max())
+    np.testing.assert_array_equal(picked, p[np.arange(n), t])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 1), (33, 7), (4096, 3), (9, 5000)], ids=shape_id)
+def test_proba_rows(shape, dtype, row_layout, queue, rng):
+    check_proba_rows(queue, rng, shape, dtype)
+
+
+def test_proba_rows_float16_host_arrays(rng):
+    """Half probabilities from the host on any device: read as stored, summed in
+    float32, sums and picks back in float16."""
+    p = rng.uniform(0, 1, (50, 37)).astype(np.float16)
+    t = rng.integers(0, 37, 50)
+    lo, hi, total, picked = opencl.proba_rows(np, p, t)
+    assert (lo, hi) == (p.min(), p.max())
+    assert total.dtype == picked.dtype == np.float16
+    np.testing.assert_array_equal(total, p.astype(np.float32).sum(axis=1).astype(np.float16))
+    np.testing.assert_array_equal(picked, p[np.arange(50), t])
+
+
+def assert_log_loss(got, y_true, y_proba, dtype, **kwargs):
+    """`got` against scikit-learn's log_loss of the NumPy arrays."""
+    assert isinstance(got, float)
+    np.testing.assert_allclose(got, sk_log_loss(y_true, y_proba, **kwargs), rtol=RTOL[dtype])
+
+
+def test_log_loss_of_device_arrays(dtype, queue, rng):
+    """pyopencl labels, probabilities and weights give scikit-learn's numbers; labels
+    and weights may come from the host (NumPy, lists)."""
+    n = 300
+    index = rng.integers(0, 5, n)
+    index[:5] = np.arange(5)
+    proba = random_proba(rng, n, 5, dtype)
+    weight = rng.uniform(0, 2, n)
+    cy, cp = dev(queue, index), dev(queue, proba)
+    assert_log_loss(xentc.log_loss(cy, cp), index, proba, dtype)
+    assert_log_loss(xentc.log_loss(cy, cp, sample_weight=dev(queue, weight)), index, proba, dtype,
+                    sample_weight=weight)
+    assert_log_loss(xentc.log_loss(cy, cp, sample_weight=weight, normalize=False), index, proba,
+                    dtype, sample_weight=weight, normalize=False)
+    names = np.array(["ant", "bee", "cat", "dog", "eel"])[index]
+    assert_log_loss(xentc.log_loss(names, cp), names, proba, dtype)
+    # Classes absent from y_true, given by `labels` (host or device).
+    sub = proba[:, :3] / proba[:, :3].sum(axis=1, keepdims=True)
+    twos = np.where(index % 2, 2, 0)
+    for labels in ([0, 1, 2], dev(queue, np.arange(3))):
+        assert_log_loss(xentc.log_loss(dev(queue, twos), dev(queue, sub), labels=labels), twos,
+                        sub, dtype, labels=[0, 1, 2])
+    # Binary: the second class's probability as a 1-D array.
+    p_yes = rng.uniform(0, 1, n).astype(dtype)
+    yes = np.array(["no", "yes"])[index % 2]
+    assert_log_loss(xentc.log_loss(yes, dev(queue, p_yes)), yes, p_yes, dtype)
+    # Multilabel indicators.
+    indicator = (rng.random((n, 5)) < 0.4).astype(np.int64)
+    assert_log_loss(xentc.log_loss(dev(queue, indicator), cp), indicator, proba, dtype)
+
+
+def test_log_loss_from_logits_on_the_device(dtype, queue, rng):
+    n = 200
+    index = rng.integers(0, 6, n)
+    x = (rng.standard_normal((n, 6)) * 3).astype(dtype)
+    weight = rng.uniform(0, 2, n)
+    got = xentc.log_loss(dev(queue, index), dev(queue, x), sample_weight=dev(queue, weight),
+                         from_logits=True)
+    assert_log_loss(got, index, softmax(x.astype(np.float64), axis=1), dtype,
+                    sample_weight=weight)
+    s = (rng.standard_normal(n) * 4).astype(dtype)
+    got = xentc.log_loss(dev(queue, index % 2), dev(queue, s), from_logits=True)
+    assert_log_loss(got, index % 2, expit(s.astype(np.float64)), dtype)
+    x[3, 2] = np.nan
+    with pytest.raises(ValueError, match="^Input contains NaN.$"):
+        xentc.log_loss(dev(queue, index), dev(queue, x), from_logits=True)
+
+
+DEVICE_BAD = {
+    "above_one": [[.2, 1.5], [.6, .4], [.5, .5]],
+    "below_zero": [[.2, -.5], [.6, .4], [.5, .5]],
+    "nan": [[.2, .8], [.6, .4], [np.nan, .5]],
+    "inf_and_nan": [[.2, np.inf], [.6, .4], [np.nan, .5]],
+    "neg_inf": [[.2, .8], [-np.inf, .4], [.5, .5]],
+    "not_summing_to_one": [[.2, .7], [.6, .4], [.5, .5]],
+}
+
+
+@pytest.mark.parametrize("case", DEVICE_BAD)
+def test_log_loss_errors_and_warnings_on_the_device(case, dtype, queue):
+    """Bad probabilities on the device: scikit-learn's errors, messages and warnings."""
+    y_true, proba = np.array([0, 1, 1]), np.array(DEVICE_BAD[case], dtype)
+    want = outcome(sk_log_loss, y_true, proba)
+    got = outcome(xentc.log_loss, dev(queue, y_true), dev(queue, proba))
+    assert got[1] == want[1]
+    assert got[0][0] == want[0][0]
+    if want[0][0] == "error":
+        assert got == want
+    else:
+        np.testing.assert_allclose(got[0][1], want[0][1], rtol=RTOL[dtype])
+
+
+def test_log_loss_host_arrays_with_opencl_backend(dtype, monkeypatch, rng):
+    """backend="opencl" reads host probabilities on the default device (the pass
+    does run there) and gives scikit-learn's numbers; bfloat16 goes as float32."""
+    ran = []
+    device_proba = opencl._device_proba
+    monkeypatch.setattr(opencl, "_device_proba", lambda *a: ran.append(1) or device_proba(*a))
+    index = rng.integers(0, 4, 100)
+    proba = random_proba(rng, 100, 4, dtype)
+    weight = rng.uniform(0, 2, 100)
+    got = xentc.log_loss(index, proba, sample_weight=weight, backend="opencl")
+    assert ran
+    assert_log_loss(got, index, proba, dtype, sample_weight=weight)
+    half = proba.astype(np.float16)
+    assert_log_loss(xentc.log_loss(index, half, backend="opencl"), index, half, np.float16)
+    with pytest.raises(ValueError, match="^y_prob contains values greater than 1: 2.0$"):
+        xentc.log_loss(index, np.full((100, 4), 2.0, dtype), backend="opencl")
+    bf16, t = torch.from_numpy(proba).to(torch.bfloat16), torch.from_numpy(index)
+    ran.clear()
+    got = xentc.log_loss(t, bf16, backend="opencl")
+    assert ran and got == xentc.log_loss(t, bf16, backend="cpu")
+    total, picked = opencl.proba_rows(_dispatch.namespace(bf16), bf16, t)[2:]
+    assert total.dtype == picked.dtype == torch.bfloat16
+    assert torch.equal(picked, bf16[torch.arange(100), t])
+
+
+def test_log_loss_never_copies_device_arrays_to_the_host(queue):
+    """Host labels and weights may go to the device; device ones never come back
+    for host probabilities, whatever the backend."""
+    y, p = np.array([0, 1, 1]), np.array([[.2, .8], [.6, .4], [.5, .5]])
+    for backend in ("auto", "opencl"):
+        with pytest.raises(TypeError, match="to_device"):
+            xentc.log_loss(dev(queue, y), p, backend=backend)
+        with pytest.raises(TypeError, match="to_device"):
+            xentc.log_loss(y, p, sample_weight=dev(queue, np.ones(3)), backend=backend)
+
+
+def test_log_loss_without_float64_on_the_device(queue, monkeypatch, rng):
+    """A device without cl_khr_fp64: the sums run in float32 (host float64 weights
+    become float32 on the way) rather than fail."""
+    monkeypatch.setattr(opencl, "_has_fp64", lambda device: False)
+    index = rng.integers(0, 3, 100)
+    proba = random_proba(rng, 100, 3, np.float32)
+    weight = rng.uniform(0, 2, 100)
+    cp = dev(queue, proba)
+    with pytest.raises(TypeError, match="cl_khr_fp64"):
+        opencl.namespace(cp).astype(cp, np.float64)
+    got = xentc.log_loss(dev(queue, index), cp, sample_weight=weight)
+    assert_log_loss(got, index, proba, np.float32, sample_weight=weight)
+
+
+# ---------------------------------------------------------------------------
 # the namespace itself
 # ---------------------------------------------------------------------------
 
@@ -683,6 +883,43 @@ def test_namespace_functions(queue, rng):
     np.testing.assert_array_equal(xp.full_like(cf, np.nan).get(), np.full_like(f, np.nan))
     np.testing.assert_array_equal(xp.ones_like(ca, dtype=xp.bool).get(), np.ones((4, 6), np.int8))
     assert xp.asarray(2.5, dtype=np.float32).get() == np.float32(2.5)
-    assert not hasattr(xp, "isinf")
+    assert not hasattr(xp, "cumulative_sum")
     with pytest.raises(NotImplementedError, match="backend='generic' cannot serve"):
         xp.sum(cf, axis=1, keepdims=True)
+
+
+def test_namespace_functions_for_log_loss(queue, rng):
+    """What log_loss adds to the namespace, against NumPy: NaN propagates through
+    maximum and clip; sets and whole-array all / any give their values."""
+    f = rng.uniform(-1, 2, (5, 4)).astype(np.float32)
+    f[1, 2], f[3, 0], f[4, 3] = np.nan, np.inf, -np.inf
+    cf = dev(queue, f)
+    xp = opencl.namespace(cf)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(read(queue, xp.isnan(cf), np.int8, f.shape), np.isnan(f))
+        np.testing.assert_array_equal(xp.isinf(cf).get(), np.isinf(f))
+        np.testing.assert_array_equal(xp.isnan(dev(queue, np.arange(3))).get(), [0, 0, 0])
+        np.testing.assert_array_equal(read(queue, xp.clip(cf, 0.1, 0.9), np.float32, f.shape),
+                                      np.clip(f, np.float32(0.1), np.float32(0.9)))
+        np.testing.assert_array_equal(xp.maximum(cf, dev(queue, f[::-1])).get(),
+                                      np.maximum(f, f[::-1]))
+        np.testing.assert_allclose(xp.log(cf).get(), np.log(f), rtol=2e-7)
+    assert bool(xp.any(xp.isnan(cf))) and not bool(xp.all(xp.isnan(cf)))
+    assert bool(xp.all(cf)) and not bool(xp.any(xp.zeros_like(cf)))  # NaN counts as true
+    with pytest.raises(NotImplementedError):
+        xp.all(cf, axis=0)
+    np.testing.assert_array_equal(read(queue, xp.concat([cf, cf[:, :1]], axis=1), np.float32,
+                                       (5, 5)), np.concatenate([f, f[:, :1]], axis=1))
+    a = rng.integers(-3, 3, (2, 9))
+    ca = dev(queue, a)
+    mixed = xp.concat([xp.astype(ca, np.int32), ca], axis=0)
+    np.testing.assert_array_equal(read(queue, mixed, np.int64, (4, 9)), np.concatenate([a, a]))
+    with pytest.raises(ValueError, match="other axes"):
+        xp.concat([ca, cf], axis=0)
+    values, inverse = xp.unique_inverse(ca)
+    want_values, want_inverse = np.unique(a, return_inverse=True)
+    np.testing.assert_array_equal(read(queue, values, np.int64, want_values.shape), want_values)
+    np.testing.assert_array_equal(read(queue, inverse, np.int64, a.shape),
+                                  want_inverse.reshape(a.shape))
+    np.testing.assert_array_equal(xp.unique_values(ca).get(), want_values)
+    assert xp.finfo(cf).eps == xp.finfo(np.float32).eps == np.finfo(np.float32).eps

@@ -9,9 +9,9 @@ import functools
 import importlib
 import sys
 
-from array_api_compat import array_namespace
+import numpy as np
+from array_api_compat import array_namespace, is_writeable_array, to_device
 from array_api_compat import device as _device
-from array_api_compat import is_writeable_array
 
 BACKENDS = ("auto", "cpu", "opencl", "generic")
 _AUTO_ORDER = ("cpu", "opencl", "generic")
@@ -52,6 +52,19 @@ def device_of(xp, array):
 def device(array):
     """The device object of `array`, as its namespace's creation functions take it."""
     return array.queue.device if _is_opencl(array) else _device(array)
+
+
+def to_numpy(array):
+    """The values of `array` as a NumPy array: NumPy arrays as they are, others
+    copied from their device (pyopencl ones by their own ``get``, which is
+    what they have instead of DLPack)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if _is_opencl(array):
+        return array.get()
+    if "cpu" not in str(_device(array)).lower():
+        array = to_device(array, "cpu")
+    return np.from_dlpack(array)
 
 
 def writeable(array):

@@ -7,7 +7,8 @@ scikit-learn is not needed: what its ``LabelBinarizer`` and
 
 The work is split by size. The labels (O(N)) become one int64 class index
 per sample in their own namespace; only their distinct values (O(C)) come to
-the host, for the checks and the messages. The probabilities (O(N*C)) are
+the host, for the checks and the messages (pyopencl labels come whole: that
+namespace finds distinct values with NumPy). The probabilities (O(N*C)) are
 read once, by the engine's ``proba_rows`` (their extremes, row sums and each
 sample's probability of its class), or by its ``rows`` for logits. What is
 left is O(N), in the probabilities' namespace.
@@ -18,7 +19,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from array_api_compat import array_namespace, device, to_device
 
 from . import _dispatch
 from ._api import _n_threads
@@ -75,7 +75,7 @@ def log_loss(y_true, y_proba=None, *, normalize=True, sample_weight=None, labels
         probabilities.
     n_threads : int, optional
         Threads of the C core; default all cores. Results do not depend on it.
-    backend : {"auto", "cpu", "generic"}, default "auto"
+    backend : {"auto", "cpu", "opencl", "generic"}, default "auto"
         Engine, as for `xentc.cross_entropy`.
 
     Returns
@@ -95,8 +95,6 @@ def log_loss(y_true, y_proba=None, *, normalize=True, sample_weight=None, labels
     TypeError
         `y_proba` missing, or an argument of the wrong kind (raised as an
         error that is also a ValueError, as scikit-learn does).
-    NotImplementedError
-        An engine that does not compute this metric yet.
 
     Warns
     -----
@@ -128,8 +126,6 @@ def log_loss(y_true, y_proba=None, *, normalize=True, sample_weight=None, labels
     n_threads = _n_threads(n_threads)
     xp, p = _float_array(y_proba)
     engine = _dispatch.engine_for(xp, p, backend)
-    if not hasattr(engine, "proba_rows"):
-        raise NotImplementedError(f"the {engine.name!r} engine does not compute log_loss yet")
     xy, y = _as_array(y_true)
     w = None if sample_weight is None else _as_array(sample_weight)[1]
     # scikit-learn checks the values of y_proba before the labels, but the one
@@ -154,7 +150,7 @@ def log_loss(y_true, y_proba=None, *, normalize=True, sample_weight=None, labels
     if len(set(lengths)) > 1:
         raise ValueError(f"Found input variables with inconsistent numbers of samples: {lengths}")
     if w is not None:
-        w = _to(xp, _check_sample_weight(w, rows.shape[0]), p)
+        w = _to(xp, _check_sample_weight(w, rows.shape[0]), p, _sum_dtype(xp))
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     if label_error is not None:
@@ -207,7 +203,10 @@ def _sums_to_one(xp, total):
     """
     one = xp.ones_like(total[:1])
     tol = 1e-8 + math.sqrt(xp.finfo(total.dtype).eps) * one
-    return bool(xp.all(xp.maximum(xp.max(total) - one, one - xp.min(total)) <= tol))
+    # axis=0: the extremes stay arrays of xp (the OpenCL namespace brings
+    # whole-array ones to the host).
+    high, low = xp.max(total, axis=0), xp.min(total, axis=0)
+    return bool(xp.all(xp.maximum(high - one, one - low) <= tol))
 
 
 def _is_array_like(x):
@@ -317,7 +316,7 @@ def _check_finite(xp, a, name):
 
 def _check_sample_weight(w, n_samples):
     """scikit-learn's checks of sample weights already known to hold `n_samples` rows."""
-    xw = array_namespace(w)
+    xw = _dispatch.namespace(w)
     _check_finite(xw, w, "sample_weight ")
     if w.ndim != 1:
         raise ValueError(f"Sample weights must be 1D array or scalar, got {w.ndim}D array. "
@@ -327,20 +326,19 @@ def _check_sample_weight(w, n_samples):
     return w
 
 
-def _to(xp, a, like):
-    """`a` as an array of namespace `xp` on the device of `like` (itself when it is one)."""
-    if array_namespace(a) is xp and device(a) == device(like):
-        return a
-    return xp.asarray(a, device=device(like))
+def _to(xp, a, like, dtype=None):
+    """`a` as an array of namespace `xp` on the device of `like` (itself when it is
+    one), converted to `dtype` on the way if given.
 
-
-def _to_host(a):
-    """The values of `a` as a NumPy array, for small arrays (classes) and error messages."""
-    if isinstance(a, np.ndarray):
+    Host arrays (labels, weights) may go to an OpenCL device; pyopencl arrays
+    never leave theirs.
+    """
+    xa = _dispatch.namespace(a)
+    if xa is xp and _dispatch.device(a) == _dispatch.device(like):
         return a
-    if "cpu" not in str(device(a)).lower():
-        a = to_device(a, "cpu")
-    return np.from_dlpack(a)
+    if _dispatch.device_of(xa, a).startswith("opencl:"):
+        _dispatch.namespace(a, like)  # raises, saying why, unless `like` is on OpenCL too
+    return xp.asarray(a, dtype=dtype, device=_dispatch.device(like))
 
 
 # ---------------------------------------------------------------------------
@@ -415,13 +413,13 @@ def _unique_codes(xp, y):
                 return classes, shifted
             return classes, (np.cumsum(present) - 1)[shifted]
     values, codes = xp.unique_inverse(y)
-    classes = _to_host(values)
+    classes = _dispatch.to_numpy(values)
     order = np.argsort(classes, kind="stable")
     if np.any(order != np.arange(order.size)):  # the array API leaves unique's order open
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         classes = classes[order]
-        codes = xp.take(xp.asarray(rank, device=device(codes)), codes)
+        codes = xp.take(xp.asarray(rank, device=_dispatch.device(codes)), codes)
     return classes, xp.astype(codes, xp.int64)
 
 
@@ -465,7 +463,7 @@ def _encode_labels(y_true, xy, y, labels, notes):
         return _Labels(classes, codes=codes)
     xl, lab = _as_array(labels)
     classes, _, kind_labels = _fit_classes(xl, lab, labels)
-    given = _to_host(lab)
+    given = _dispatch.to_numpy(lab)
     if not np.all(classes == given):
         notes.append(f"Labels passed were {labels}. But this function assumes labels are ordered "
                      f"lexicographically. Pass the ordered labels={classes.tolist()} and ensure "
@@ -473,7 +471,7 @@ def _encode_labels(y_true, xy, y, labels, notes):
     y_classes, y_codes = _unique_codes(xy, xy.reshape(y, (-1,)))
     if not np.all(np.isin(y_classes, given)):
         # The message shows the labels as Python sees them in the arguments.
-        seen = y_true if isinstance(y_true, (list, tuple, np.ndarray)) else _to_host(y)
+        seen = y_true if isinstance(y_true, (list, tuple, np.ndarray)) else _dispatch.to_numpy(y)
         allowed = labels if isinstance(labels, (list, tuple, np.ndarray)) else given
         raise ValueError(f"y_true contains values {set(seen) - set(allowed)} not belonging to "
                          f"the passed labels {labels}.")
@@ -494,7 +492,7 @@ def _encode_labels(y_true, xy, y, labels, notes):
     if kind != "multiclass":
         raise ValueError(f"{kind} target data is not supported with label binarization")
     index = np.searchsorted(classes, y_classes)
-    return _Labels(classes, codes=xy.take(xy.asarray(index, device=device(y)), y_codes))
+    return _Labels(classes, codes=xy.take(xy.asarray(index, device=_dispatch.device(y)), y_codes))
 
 
 # ---------------------------------------------------------------------------
@@ -524,22 +522,37 @@ def _logit_losses(xp, engine, rows, target, indicator, p, n_threads):
     return engine.rows(xp, rows, target=target, n_threads=n_threads)[0]
 
 
+def _sum_dtype(xp):
+    """float64, what the sums run in, unless `xp` lacks it (an OpenCL device
+    without cl_khr_fp64, JAX without x64): then float32."""
+    real = xp.__array_namespace_info__().dtypes(kind="real floating")
+    return xp.float64 if "float64" in real else xp.float32
+
+
+def _float(a):
+    """The value of the 0-d array `a` as a Python float (pyopencl arrays, which
+    have no ``__float__``, through the host)."""
+    return float(a) if hasattr(a, "__float__") else float(_dispatch.to_numpy(a))
+
+
 def _average(xp, nll, w, normalize, logits):
-    """The (weighted) mean or sum of the per-sample losses, accumulated in float64.
+    """The (weighted) mean or sum of the per-sample losses, accumulated in float64
+    (see `_sum_dtype`).
 
     `logits` (for scores only) tells the cause of a NaN loss: NaN or
     infinite scores raise as non-finite probabilities do.
     """
-    nll = xp.astype(nll, xp.float64, copy=False)
+    dtype = _sum_dtype(xp)
+    nll = xp.astype(nll, dtype, copy=False)
     if w is not None:
-        w = xp.astype(w, xp.float64, copy=False)
+        w = xp.astype(w, dtype, copy=False)
         nll = nll * w
-    total = float(xp.sum(nll))
+    total = _float(xp.sum(nll))
     if math.isnan(total) and logits is not None:
         raise ValueError(_non_finite_message(bool(xp.any(xp.isnan(logits))), "", logits.dtype))
     if not normalize:
         return total
-    scale = float(nll.shape[0]) if w is None else float(xp.sum(w))
+    scale = float(nll.shape[0]) if w is None else _float(xp.sum(w))
     if scale == 0:
         raise ZeroDivisionError("Weights sum to zero, can't be normalized")
     return total / scale

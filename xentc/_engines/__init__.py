@@ -41,7 +41,7 @@ True when the caller named the engine with ``backend=`` (an engine may then
 accept arrays it would only reach through a copy, e.g. host arrays for
 OpenCL; ``backend="auto"`` never copies between devices).
 
-For ``log_loss`` an engine also has one read of a probability matrix::
+For ``log_loss`` every engine also has one read of a probability matrix::
 
     engine.proba_rows(xp, p, target=None, *, n_threads=None)
         -> (lo, hi, total, picked)
@@ -51,7 +51,6 @@ For ``log_loss`` an engine also has one read of a probability matrix::
 smallest and largest entry of ``p``, NaN when ``p`` holds a NaN; ``total`` is
 (M,), the row sums in p's dtype; ``picked`` is (M,), ``p[i, target[i]]``, or
 None without ``target``; both in ``xp``.
-Engines without ``proba_rows`` do not serve ``log_loss``.
 """
 
 OUT_KINDS = ("none", "log_softmax", "softmax", "grad")

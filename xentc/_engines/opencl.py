@@ -12,10 +12,11 @@ Two kinds of caller reach this module:
 
 * ``pyopencl.array.Array`` arguments (``backend="auto"``): `namespace`
   gives the API layer a small array namespace over pyopencl.array on the
-  arrays' queue; every step stays on the device, results are pyopencl
-  arrays on that queue.
+  arrays' queue; every step stays on the device (but the distinct values
+  of log_loss's labels, found with NumPy), results are pyopencl arrays on
+  that queue.
 * CPU arrays of any library (NumPy, torch, ...), only with
-  ``backend="opencl"``: `rows` copies them to a default queue
+  ``backend="opencl"``: `rows` (and `proba_rows`) copies them to a default queue
   (``PYOPENCL_CTX`` picks its device), runs there and copies the results
   back into the caller's namespace. The copy is what the caller asked for.
 
@@ -34,8 +35,9 @@ import numpy as np
 try:
     import pyopencl as cl
     import pyopencl.array as cla
+    from pyopencl import clmath
 except ImportError:  # optional dependency: `import xentc` works without it
-    cl = cla = None
+    cl = cla = clmath = None
 
 name = "opencl"
 
@@ -171,8 +173,8 @@ __kernel void xentc_reduce_final(const long n, const __global RV_T *part, const 
 /* weight, loss, lse and row_scale are ACC_T arrays: float32 next to half
    logits, as the API layer gives and expects them. */
 
-/* VACC: VEC values of ACC_T. Built-ins (exp, isnan, select) and the
-   operators take scalars and vectors alike, so one text serves every VEC. */
+/* VACC: VEC values of ACC_T. Built-ins (exp, isnan), the operators and
+   VSELECT take scalars and vectors alike, so one text serves every VEC. */
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)
 #if VEC == 1
@@ -206,6 +208,13 @@ __kernel void xentc_reduce_final(const long n, const __global RV_T *part, const 
 #else
 #error "VEC must be 1, 2, 4, 8 or 16"
 #endif
+#endif
+/* b where c, else a. Scalars take the ternary: select() on a double wants a
+   long condition, and scalar comparisons give int. */
+#if VEC == 1
+#define VSELECT(a, b, c) ((c) ? (b) : (a))
+#else
+#define VSELECT(a, b, c) select((a), (b), (c))
 #endif
 
 /* Elements [c, c + VEC) of p as ACC_T, `pad` from the n-th on (n > 0 left
@@ -259,7 +268,7 @@ VACC coef(const __global ACC_T *w, const __global REAL_T *q, const long c, const
     VACC k = w ? vload_acc(w, c, n) : (VACC)1;
     if (q)
         k = k * (qa * vload_real(q, c, n, 0) + qb);
-    return select(k, (VACC)0, IOTA >= (ACC_T)n);
+    return VSELECT(k, (VACC)0, IOTA >= (ACC_T)n);
 }
 
 /* Class targets before any row is read: group g takes targets
@@ -353,8 +362,8 @@ __kernel void xentc_rows(
     if (work)
         for (long c = lane * VEC; c < C; c += step) {
             const VACC a = vload_real(xr, c, C - c, -INFINITY);
-            vm = select(vm, a, a > vm);
-            vnan = select(vnan, (VACC)1, isnan(a));
+            vm = VSELECT(vm, a, a > vm);
+            vnan = VSELECT(vnan, (VACC)1, isnan(a));
         }
     v[0] = hmax(vm);
     v[1] = hmax(vnan);
@@ -369,11 +378,11 @@ __kernel void xentc_rows(
     if (work)
         for (long c = lane * VEC; c < C; c += step) {
             const VACC d = vload_real(xr, c, C - c, -INFINITY) - m;
-            vones += select((VACC)0, (VACC)1, d == 0);
-            vrest += select(exp(d), (VACC)0, d == 0);
+            vones += VSELECT((VACC)0, (VACC)1, d == 0);
+            vrest += VSELECT(exp(d), (VACC)0, d == 0);
             if (lin) {
                 const VACC k = coef(w, q, c, C - c, qa, qb);
-                vS += select(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
+                vS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
                 vA += k;
             }
         }
@@ -446,7 +455,7 @@ __kernel void xentc_rows(
         } else {
             const VACC t1 = alpha * exp(d);
             const VACC t2 = beta != 0 ? beta * coef(w, q, c, n, qa, qb) : (VACC)0;
-            const VACC t3 = select((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
+            const VACC t3 = VSELECT((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
             /* An infinite g (a mean over zero weight) scales torch's terms
                one by one, so that zero ones give NaN as they do there. */
             r = isfinite(g) ? g * (t1 - t2 - t3) : g * t1 - g * t2 - g * t3;
@@ -459,6 +468,54 @@ __kernel void xentc_rows(
             for (int k = 0; k < n; k++)
                 ST(o, c + k, a[k]);
         }
+    }
+}
+
+/*
+ * One read of probabilities p for log_loss (xentc._engines: proba_rows), on
+ * the rows' layout of xentc_rows: per row its sum and p[i, target[i]] (NaN
+ * for a target outside [0, C): never used as an index); per group, in
+ * part[0][g] and part[1][g], -min(p) and max(p) over its rows, NaN when it
+ * met a NaN. The negated minimum lets one max tree finish both extremes.
+ */
+__kernel void xentc_proba(const long n_rows, const long C, const uint R,
+                          const __global REAL_T *p, const long p_off, const long p_stride,
+                          const __global long *target, const long t_off,
+                          __global REAL_T *total, const long total_off,
+                          __global REAL_T *picked, const long picked_off,
+                          __global ACC_T *part, const long n_groups, __local ACC_T *buf)
+{
+    const uint lid = get_local_id(0), lane = lid & (R - 1);
+    const long i = (long)get_group_id(0) * (long)(get_local_size(0) / R) + lid / R;
+    const int live = i < n_rows;
+    const __global REAL_T *pr = p + p_off + (live ? i : 0) * p_stride;
+    VACC vs = 0, vlo = INFINITY, vhi = -INFINITY, vnan = 0;
+    if (live)
+        for (long c = lane * VEC; c < C; c += (long)R * VEC) {
+            const long n = C - c;
+            const VACC a = vload_real(pr, c, n, 0);
+            vs += a;
+            /* NaN compares false: the extremes skip it, vnan counts it. */
+            vlo = VSELECT(vlo, a, a < vlo && IOTA < (ACC_T)n);
+            vhi = VSELECT(vhi, a, a > vhi && IOTA < (ACC_T)n);
+            vnan = VSELECT(vnan, (VACC)1, isnan(a));
+        }
+    ACC_T v[3] = {hsum(vs)};
+    seg_reduce(buf, v, 1, RED_SUM, R);
+    if (live && lane == 0) {
+        ST(total + total_off, i, v[0]);
+        if (picked) {
+            const long y = target[t_off + i];
+            ST(picked + picked_off, i, y >= 0 && y < C ? LD(pr, y) : NAN);
+        }
+    }
+    v[0] = hmax(-vlo);
+    v[1] = hmax(vhi);
+    v[2] = hmax(vnan);
+    seg_reduce(buf, v, 3, RED_MAX, get_local_size(0));
+    if (lid == 0) {
+        part[get_group_id(0)] = v[2] > 0 ? NAN : v[0];
+        part[n_groups + get_group_id(0)] = v[2] > 0 ? NAN : v[1];
     }
 }
 #endif
@@ -505,6 +562,7 @@ _MAX_GROUP = 256
 # work-items only cost there); 64 rows per group leaves groups for many cores.
 _CPU_ROW_PER_ITEM = True
 _CPU_ROWS_GROUP = 64
+_ROW_KERNELS = ("xentc_rows", "xentc_proba")
 # Vectors each lane of the row kernel takes before a row gets more lanes.
 _ELEMS_PER_LANE = 8
 # Groups of the grid-stride kernels (copies, gathers), at most.
@@ -646,13 +704,14 @@ def _kernels(context, device, dtype):
     program = cl.Program(context, _SOURCE).build(options=_options(device, dtype),
                                                  devices=[device])
     acc_bytes = 4 if dtype in (np.float16, np.float32) else 8  # ACC_T, or a 64-bit IACC_T
-    local = {"xentc_rows": 4 * acc_bytes, "xentc_reduce": acc_bytes,
-             "xentc_reduce_final": acc_bytes, "xentc_targets": acc_bytes + 8}
+    local = {"xentc_rows": 4 * acc_bytes, "xentc_proba": 3 * acc_bytes,
+             "xentc_reduce": acc_bytes, "xentc_reduce_final": acc_bytes,
+             "xentc_targets": acc_bytes + 8}
     cpu = _is_cpu(device)
     out = {}
     for kernel in program.all_kernels():
         per_lane = local.get(kernel.function_name, 0)
-        cap = _CPU_ROWS_GROUP if cpu and kernel.function_name == "xentc_rows" else _MAX_GROUP
+        cap = _CPU_ROWS_GROUP if cpu and kernel.function_name in _ROW_KERNELS else _MAX_GROUP
         limit = min(cap, device.max_work_group_size,
                     kernel.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, device))
         if per_lane:
@@ -850,10 +909,11 @@ class _Namespace:
 
     Results are C-contiguous ``pyopencl.array.Array`` on the queue:
     pyopencl's element-wise kernels and ``get()`` assume contiguous data, so
-    `moveaxis` copies where NumPy would return a view. Two exceptions:
-    whole-array `min` and `max` bring their scalar to the host as a 0-d
-    NumPy array (pyopencl arrays have no ``__int__``, and the API layer's
-    range check needs the value there). Booleans are int8, as pyopencl's
+    `moveaxis` copies where NumPy would return a view. Exceptions:
+    whole-array `min`, `max`, `all` and `any` bring their scalar to the host
+    as a 0-d NumPy array (pyopencl arrays have no ``__int__``, and the API
+    layer's checks need the value there); `unique_values` and
+    `unique_inverse` sort on the host. Booleans are int8, as pyopencl's
     comparisons give them. Namespaces compare equal whatever their queue:
     they are one library, and the dispatch layer's cache of engine choices
     then holds one entry (and one queue) per device and backend.
@@ -915,11 +975,18 @@ class _Namespace:
         return dtype.kind in _Namespace._KINDS[kind]
 
     def astype(self, x, dtype, /, *, copy=True):
-        """`x` as `dtype`, a copy only when needed unless `copy`."""
+        """`x` as `dtype`, a copy only when needed unless `copy`; TypeError for
+        float64 on a device without it."""
         x = _c_contiguous(x)
         if x.dtype == np.dtype(dtype):
             return x.copy() if copy else x
+        _check_dtype(self.queue.device, dtype)
         return x.astype(dtype)
+
+    @staticmethod
+    def finfo(type, /):
+        """NumPy's ``finfo`` of a dtype or of an array's dtype."""
+        return np.finfo(type.dtype if _is_cl(type) else type)
 
     # -- creation ----------------------------------------------------------
 
@@ -1014,6 +1081,70 @@ class _Namespace:
         """x1 / x2: arrays of one shape, or with a scalar or a 0-d array."""
         return x1 / x2
 
+    def maximum(self, x1, x2, /):
+        """The larger of x1 and x2, NaN where either is: arrays of one shape, or with a
+        0-d array."""
+        return cla.maximum(_c_contiguous(x1), _c_contiguous(x2))
+
+    def clip(self, x, /, min=None, max=None):
+        """`x` limited to [`min`, `max`] (Python scalars, or arrays of x's shape); NaN
+        stays NaN."""
+        x = _c_contiguous(x)
+        for bound, limit in ((min, cla.maximum), (max, cla.minimum)):
+            if bound is not None:
+                # A Python float would make the bound a double in the kernel.
+                x = limit(x, bound if _is_cl(bound) else x.dtype.type(bound))
+        return x
+
+    def log(self, x, /):
+        """The natural logarithm of each element."""
+        return clmath.log(_c_contiguous(x))
+
+    def isnan(self, x, /):
+        """Which elements are NaN (none in integer arrays)."""
+        x = _c_contiguous(x)
+        if x.dtype.kind != "f":
+            return self.zeros_like(x, dtype=self.bool)
+        return x != x  # noqa: PLR0124 - NaN alone is unequal to itself; pyopencl has no isnan
+
+    def isinf(self, x, /):
+        """Which elements are infinite (none in integer arrays)."""
+        x = _c_contiguous(x)
+        return abs(x) == np.inf if x.dtype.kind == "f" else self.zeros_like(x, dtype=self.bool)
+
+    def concat(self, arrays, /, *, axis=0):
+        """`arrays` joined along `axis`, in their result dtype; the other axes must match."""
+        first = arrays[0]
+        axis = operator.index(axis) % first.ndim
+        if any(a.shape[:axis] + a.shape[axis + 1:] != first.shape[:axis] + first.shape[axis + 1:]
+               for a in arrays):
+            raise ValueError(f"concat() along axis {axis} needs arrays whose other axes "
+                             f"match, got shapes {[a.shape for a in arrays]}")
+        dtype = np.result_type(*(a.dtype for a in arrays))
+        shape = list(first.shape)
+        shape[axis] = sum(a.shape[axis] for a in arrays)
+        out = _empty(first, shape, dtype)
+        start = 0
+        for a in arrays:
+            span = (slice(None),) * axis + (slice(start, start + a.shape[axis]),)
+            _copy_into(out[span], _as_type(a, dtype))
+            start += a.shape[axis]
+        return out
+
+    # -- sets --------------------------------------------------------------
+    # Through the host with NumPy: they serve labels, one value per sample
+    # (O(N), not the O(N*C) work that stays on the device), whose few distinct
+    # values the API layer needs on the host anyway; the results are on the device.
+
+    def unique_values(self, x, /):
+        """The sorted distinct elements of `x`, as a 1-D array."""
+        return self._array(np.unique(_c_contiguous(x).get()))
+
+    def unique_inverse(self, x, /):
+        """(sorted distinct elements, each element's index among them in x's shape)."""
+        values, inverse = np.unique(_c_contiguous(x).get(), return_inverse=True)
+        return self._array(values), self._array(inverse.reshape(x.shape))
+
     # -- indexing ----------------------------------------------------------
 
     def take(self, x, indices, /, *, axis=None):
@@ -1069,6 +1200,21 @@ class _Namespace:
     def max(self, x, /, *, axis=None, keepdims=False):
         """Largest element (NaN if any): whole-array as a 0-d NumPy array on the host."""
         return self._extremum(x, _RED_MAX, "max", axis, keepdims)
+
+    def _n_true(self, x, what, axis, keepdims):
+        if axis is not None:
+            raise _unsupported(f"{what}(axis=...)")
+        return int(self.count_nonzero(x, keepdims=keepdims).get())
+
+    def all(self, x, /, *, axis=None, keepdims=False):
+        """Whether every element is nonzero (NaN is): whole-array only, a 0-d NumPy bool on
+        the host, as whole-array `min`."""
+        return np.asarray(self._n_true(x, "all", axis, keepdims) == x.size)
+
+    def any(self, x, /, *, axis=None, keepdims=False):
+        """Whether some element is nonzero (NaN is): whole-array only, a 0-d NumPy bool on
+        the host, as whole-array `max`."""
+        return np.asarray(self._n_true(x, "any", axis, keepdims) > 0)
 
 
 def namespace(*arrays):
@@ -1304,12 +1450,17 @@ def _device_to_host(xp, a):
     return a if xp.__name__.endswith("numpy") else xp.from_dlpack(a)
 
 
+def _widened(xp, dtype):
+    """Whether host arrays of `dtype` go to the device as float32: floating dtypes
+    NumPy lacks (bfloat16), which no copy through NumPy can carry."""
+    return dtype not in (xp.float16, xp.float32, xp.float64)
+
+
 def _host_rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss, want_lse,
                out_kind, grad_scale, grad_row_scale, out):
     """`rows` for CPU arrays: copied to the default queue, the results copied back to `xp`."""
     queue = _default_queue()
-    # Floating dtypes NumPy lacks (bfloat16) go as float32; `out` comes back in x's dtype.
-    wide = x.dtype not in (xp.float16, xp.float32, xp.float64)
+    wide = _widened(xp, x.dtype)  # `out` comes back in x's dtype
     loss, lse, res = _device_rows(
         *(_host_to_device(queue, xp, a, wide) for a in (x, target, soft, weight)), ignore_index,
         label_smoothing, want_loss, want_lse, out_kind, grad_scale,
@@ -1376,3 +1527,78 @@ def targets(xp, target, n_classes, ignore_index, weight):
         raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
     # The partial sums come to the host with the answer; added there in float64.
     return float(np.sum(part_sum.get(), dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------
+# proba_rows (log_loss)
+# ---------------------------------------------------------------------------
+
+
+def _device_proba(p, target):
+    """`proba_rows` for pyopencl arrays, on p's queue."""
+    queue, dtype = p.queue, np.dtype(p.dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"`p` must be a floating-point array, got dtype {dtype}")
+    _check_dtype(queue.device, dtype)
+    n_rows, n_classes = p.shape
+    p, p_stride = _rows_layout(p)
+    if target is not None:
+        target = _as_type(target, np.dtype(np.int64))
+    total = _empty(p, (n_rows,))
+    picked = None if target is None else _empty(p, (n_rows,))
+    group = _kernel(queue, dtype, "xentc_proba")[1]
+    lanes = _lanes_per_row(queue.device, n_classes, group, _vector_width(queue.device, dtype))
+    n_groups = -(-n_rows // (group // lanes))
+    part = _empty(p, (2, n_groups), _acc_dtype(dtype))
+    _launch(queue, dtype, "xentc_proba", n_groups, (
+        np.int64(n_rows), np.int64(n_classes), np.uint32(lanes), *_buf(p), np.int64(p_stride),
+        *_buf(target), *_buf(total), *_buf(picked), part.base_data, np.int64(n_groups)),
+        [p, target], [total, picked, part])
+    # The groups' extremes, finished by one more launch: two numbers come back.
+    neg_lo, hi = _reduce(part, _RED_MAX, axis=1).get()
+    return -float(neg_lo), float(hi), total, picked
+
+
+def proba_rows(xp, p, target=None, *, n_threads=None):
+    """Extremes, row sums and target entries of probabilities in one device pass;
+    see ``xentc._engines``.
+
+    Parameters
+    ----------
+    xp : namespace
+        The namespace of `p`: the OpenCL namespace for pyopencl arrays, or
+        that of CPU arrays (``backend="opencl"``), which are copied to the
+        default queue and the results copied back.
+    p : array
+        (M, C) probabilities, M, C >= 1: float16 (read as stored, summed in
+        float32), float32, or float64 where the device has it.
+    target : array, optional
+        (M,) int64 class indices in ``[0, C)``.
+    n_threads : int, optional
+        Accepted for the shared signature; the device sets its own parallelism.
+
+    Returns
+    -------
+    tuple
+        ``(lo, hi, total, picked)``: the smallest and largest entry of `p`
+        (Python floats, NaN when `p` holds a NaN), the (M,) row sums and the
+        (M,) ``p[i, target[i]]`` (None without `target`), in p's dtype and
+        namespace (on p's queue for pyopencl arrays).
+
+    Raises
+    ------
+    TypeError
+        A dtype the device cannot hold (float64 without cl_khr_fp64).
+    """
+    _require()
+    if _is_cl(p):
+        return _device_proba(p, target)
+    wide = _widened(xp, p.dtype)
+    queue = _default_queue()
+    lo, hi, total, picked = _device_proba(_host_to_device(queue, xp, p, wide),
+                                          _host_to_device(queue, xp, target, False))
+    total, picked = (_device_to_host(xp, a) for a in (total, picked))
+    if wide:  # back to p's dtype, which the contract gives them
+        total = xp.astype(total, p.dtype)
+        picked = None if picked is None else xp.astype(picked, p.dtype)
+    return lo, hi, total, picked
