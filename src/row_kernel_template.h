@@ -373,36 +373,112 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
     }
 }
 
-/* The gradient of a long row with one exp per logit instead of two: the
-   row's max first (the one read from memory), then exp(x - max) written into
-   out while summed, then out scaled in place from cache: p = exp(x - max) *
-   exp(-log(sum)), one more rounding than exp(x - max - log(sum)). Returns 0,
-   leaving the row to the general path, when the max is not finite. */
+/* out[j0, j1) = a * out - beta * coef: the kept exps of a range scaled to
+   the gradient, from cache. */
+static inline __attribute__((always_inline)) void XENTC_FN(scale_kept)(
+    const XENTC_FN(row_ctx) *c, int64_t j0, int64_t j1, double a)
+{
+    const VT va = XENTC_FN(splat)((TYPE)a), vb = XENTC_FN(splat)((TYPE)c->beta);
+    const int plain = !c->w && !c->q; /* coef == 1: tested once, not per vector */
+    for (int64_t j = j0; j < j1; j += NL) {
+        const int64_t len = j1 - j < NL ? j1 - j : NL;
+        const VT e = len == NL ? XENTC_FN(load)(c->out + j) : XENTC_FN(load_part)(c->out + j, len);
+        const VT o = va * e - (plain ? vb : vb * XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb));
+        XENTC_FN(store_part)(c->out + j, o, len);
+    }
+}
+
+/* A row with a +inf logit, met at block `b` after the logits before it may
+   have been overwritten by their exps (in place): its gradient row is all
+   NaN (inf - inf), as torch's, and so is its loss; its lse is inf unless
+   the row holds a NaN, which the blocks already summed left in `sum` and the
+   others (the unsummed prefix [0, skipped) and [b, C)) still show. */
+static void XENTC_FN(grad_row_inf)(const xentc_rows *r, int64_t i, const XENTC_FN(row_ctx) *c,
+                                   double sum, int64_t skipped, int64_t b)
+{
+    const int64_t C = r->n_classes;
+    if (r->loss)
+        ((TYPE *)r->loss)[i] = NAN;
+    if (r->lse) {
+        int nan = sum != sum;
+        for (int64_t k = 0; k < skipped; k++)
+            nan |= c->x[k] != c->x[k];
+        for (int64_t k = b; k < C; k++)
+            nan |= c->x[k] != c->x[k];
+        ((TYPE *)r->lse)[i] = nan ? NAN : INFINITY;
+    }
+    for (int64_t k = 0; k < C; k++)
+        c->out[k] = NAN;
+}
+
+/* Blocks of one row whose kept exps share one reference max: at most this
+   many, then the exps kept so far are rescaled to the newest max. */
+#define GRAD_SEGS 32
+
+/*
+ * The gradient of a long row in one read of the row from memory and one exp
+ * per logit: each block's max is taken as the block streams in, then
+ * exp(x - m) is written into out and summed, m being the running max of the
+ * row so far (the online softmax of block_sums, with the exps kept); blocks
+ * that shared one m form a segment. The last sweep, from cache, scales each
+ * segment by exp(m_segment - max - log(sum)): one more rounding than
+ * exp(x - max - log(sum)). Returns 0, having written nothing, for a row with
+ * no finite max (all -inf or NaN), which the general path takes.
+ */
 static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
 {
     const int64_t C = r->n_classes;
     const TYPE *x = c->x, *w = c->w, *q = c->q;
     double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t seg_start[GRAD_SEGS + 1], skipped = 0;
+    double seg_m[GRAD_SEGS];
+    int n_seg = 0;
     for (int64_t b = 0; b < C; b += BLOCK) {
-        const double bm = XENTC_FN(block_max)(x + b, C - b < BLOCK ? C - b : BLOCK);
-        m = bm > m ? bm : m;
+        const int64_t n = C - b < BLOCK ? C - b : BLOCK;
+        const double bm = XENTC_FN(block_max)(x + b, n);
+        if (bm == INFINITY) {
+            XENTC_FN(grad_row_inf)(r, i, c, acc[0], skipped, b);
+            return 1;
+        }
+        if (bm > m) {
+            if (acc[3] > 0.0) { /* the old maxima are no longer exact ones */
+                acc[0] = (acc[0] + acc[3]) * exp(m - bm);
+                acc[3] = 0.0;
+                acc[1] -= (bm - m) * acc[2];
+            }
+            m = bm;
+            if (n_seg == GRAD_SEGS) { /* full: fold them into one, on the new max */
+                seg_start[n_seg] = b;
+                for (int k = 0; k < n_seg; k++) {
+                    const TYPE f = (TYPE)exp(seg_m[k] - m);
+                    for (int64_t j = seg_start[k]; j < seg_start[k + 1]; j++)
+                        c->out[j] *= f;
+                }
+                n_seg = 0;
+            } else {
+                seg_start[n_seg] = b;
+            }
+            seg_m[n_seg++] = m;
+        }
+        if (m == -INFINITY) { /* no max yet: summed once there is one */
+            skipped = b + n;
+            continue;
+        }
+        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL, n, (TYPE)m, c->lin, c->qa,
+                             c->qb, acc, c->out + b);
     }
-    if (!isfinite(m))
+    if (m == -INFINITY)
         return 0;
-    for (int64_t b = 0; b < C; b += BLOCK)
-        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL,
-                             C - b < BLOCK ? C - b : BLOCK, (TYPE)m, c->lin, c->qa, c->qb, acc,
-                             c->out + b);
+    /* -inf logits before the first finite one, against the final max */
+    if (skipped > 0)
+        XENTC_FN(block_sums)(x, w, q, skipped, (TYPE)m, c->lin, c->qa, c->qb, acc, c->out);
     const double ls = log1p((acc[3] - 1.0) + acc[0]);
     XENTC_FN(finish)(r, i, c, m, ls, acc);
-    const VT va = XENTC_FN(splat)((TYPE)(c->alpha * exp(-ls)));
-    const VT vb = XENTC_FN(splat)((TYPE)c->beta);
-    for (int64_t j = 0; j < C; j += NL) {
-        const int64_t len = C - j < NL ? C - j : NL;
-        const VT e = len == NL ? XENTC_FN(load)(c->out + j) : XENTC_FN(load_part)(c->out + j, len);
-        const VT o = va * e - vb * XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb);
-        XENTC_FN(store_part)(c->out + j, o, len);
-    }
+    if (skipped > 0)
+        XENTC_FN(scale_kept)(c, 0, skipped, c->alpha * exp(-ls));
+    seg_start[n_seg] = C;
+    for (int k = 0; k < n_seg; k++)
+        XENTC_FN(scale_kept)(c, seg_start[k], seg_start[k + 1], c->alpha * exp(seg_m[k] - m - ls));
     XENTC_FN(grad_target)(r, c);
     return 1;
 }
@@ -774,3 +850,4 @@ void XENTC_FN(xentc_proba)(const xentc_proba *pr, int64_t i0, int64_t i1, double
 #undef SHORT_ROWS
 #undef NARROW_C
 #undef NARROW_BATCH
+#undef GRAD_SEGS
