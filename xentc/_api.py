@@ -48,7 +48,7 @@ def _class_axis(ndim, axis):
 
 
 def _check_floating(xp, a, what):
-    if not xp.isdtype(a.dtype, "real floating"):
+    if not _dispatch.isdtype(xp, a.dtype, "real floating"):
         raise TypeError(f"`{what}` must be a real floating-point array, got dtype {a.dtype}")
 
 
@@ -98,7 +98,7 @@ def _weight(xp, weight, n_classes, dtype):
 
 def _class_targets(xp, target, lead_shape, n_classes):
     """Class-index targets as a flat int64 array (their range is the engine's to check)."""
-    if not xp.isdtype(target.dtype, "integral"):
+    if not _dispatch.isdtype(xp, target.dtype, "integral"):
         raise TypeError(f"`target` must hold integer class indices or floating "
                         f"class probabilities, got dtype {target.dtype}")
     if tuple(target.shape) != lead_shape:
@@ -108,9 +108,7 @@ def _class_targets(xp, target, lead_shape, n_classes):
     # uint64 values past int64's range would wrap onto valid classes.
     if target.dtype == xp.uint64 and t.shape[0] and int(xp.max(t)) > 2**63 - 1:
         raise IndexError(f"`target` value {int(xp.max(t))} out of range for {n_classes} classes")
-    # The namespace's own index dtype: JAX's is int32 unless x64 is enabled.
-    index_dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
-    return xp.astype(t, index_dtype, copy=False)
+    return xp.astype(t, _dispatch.index_dtype(xp), copy=False)
 
 
 def _reduce(xp, loss, reduction, lead_shape, denominator):
@@ -270,7 +268,7 @@ def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothi
     xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
         input, target, weight, reduction, axis, n_threads, backend)
     n_classes = x.shape[1]
-    if xp.isdtype(target.dtype, "real floating"):
+    if _dispatch.isdtype(xp, target.dtype, "real floating"):
         if tuple(target.shape) != tuple(input.shape):
             raise ValueError(f"`target` of class probabilities must have the input's shape "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
