@@ -134,20 +134,22 @@ void XENTC_FN(xentc_exp)(const void *in, void *out, int64_t n)
 /* Max of x[0, n), ignoring NaN (a NaN still poisons the sum of exps). */
 static inline TYPE XENTC_FN(block_max)(const TYPE *x, int64_t n)
 {
-    VT m0 = XENTC_FN(splat)(-INFINITY), m1 = m0;
+    /* max(v, m) keeps m where v is NaN; four chains hide its latency */
+    VT m[4] = {XENTC_FN(splat)(-INFINITY), XENTC_FN(splat)(-INFINITY),
+               XENTC_FN(splat)(-INFINITY), XENTC_FN(splat)(-INFINITY)};
     int64_t j = 0;
-    for (; j + 2 * NL <= n; j += 2 * NL) {
-        VT a = XENTC_FN(load)(x + j), b = XENTC_FN(load)(x + j + NL);
-        m0 = XENTC_FN(sel)(a > m0, a, m0);
-        m1 = XENTC_FN(sel)(b > m1, b, m1);
-    }
-    m0 = XENTC_FN(sel)(m1 > m0, m1, m0);
-    TYPE m = -INFINITY;
+    for (; j + 4 * NL <= n; j += 4 * NL)
+        for (int u = 0; u < 4; u++)
+            m[u] = XENTC_FN(max)(XENTC_FN(load)(x + j + u * NL), m[u]);
+    for (; j + NL <= n; j += NL)
+        m[0] = XENTC_FN(max)(XENTC_FN(load)(x + j), m[0]);
+    m[0] = XENTC_FN(max)(XENTC_FN(max)(m[1], m[0]), XENTC_FN(max)(m[3], m[2]));
+    TYPE r = -INFINITY;
     for (int64_t k = 0; k < NL; k++)
-        m = m0[k] > m ? m0[k] : m;
+        r = m[0][k] > r ? m[0][k] : r;
     for (; j < n; j++)
-        m = x[j] > m ? x[j] : m;
-    return m;
+        r = x[j] > r ? x[j] : r;
+    return r;
 }
 
 /* Per-logit coefficient of the linear sums: w[c] for label smoothing of
