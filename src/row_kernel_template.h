@@ -184,7 +184,8 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
  * lin, also acc[1] += sum c * (x - m) and acc[2] += sum c. Keeping x - m (not x) in the linear sum keeps it exact
  * for logits of any magnitude.
  */
-static void XENTC_FN(block_sums)(const TYPE *x, const TYPE *w, const TYPE *q,
+static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
+                                 const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
                                  double acc[4], TYPE *store)
 {
