@@ -253,6 +253,17 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
     }
 }
 
+/* The running sums of block_sums, taken against the max m, moved onto a
+   larger max bm (the online softmax's rescaling). */
+static inline void XENTC_FN(rebase)(double acc[4], double m, double bm)
+{
+    if (acc[3] > 0.0) { /* the old maxima are no longer exact ones */
+        acc[0] = (acc[0] + acc[3]) * exp(m - bm);
+        acc[3] = 0.0;
+        acc[1] -= (bm - m) * acc[2];
+    }
+}
+
 /* What a row needs after its sums: scalars shared by both row paths. */
 typedef struct {
     const TYPE *x, *w, *q; /* q: this row's soft target, NULL for class targets */
@@ -444,11 +455,7 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
             return 1;
         }
         if (bm > m) {
-            if (acc[3] > 0.0) { /* the old maxima are no longer exact ones */
-                acc[0] = (acc[0] + acc[3]) * exp(m - bm);
-                acc[3] = 0.0;
-                acc[1] -= (bm - m) * acc[2];
-            }
+            XENTC_FN(rebase)(acc, m, bm);
             m = bm;
             if (n_seg == GRAD_SEGS) { /* full: fold them into one, on the new max */
                 seg_start[n_seg] = b;
@@ -501,11 +508,7 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
         const double bm = XENTC_FN(block_max)(x + b, n);
         if (bm > m) {
-            if (acc[3] > 0.0) { /* the old maxima are no longer exact ones */
-                acc[0] = (acc[0] + acc[3]) * exp(m - bm);
-                acc[3] = 0.0;
-                acc[1] -= (bm - m) * acc[2];
-            }
+            XENTC_FN(rebase)(acc, m, bm);
             m = bm;
         }
         if (m == -INFINITY) {
