@@ -70,6 +70,15 @@ cdef int64_t _row_stride(str name, Py_ssize_t[:] strides, Py_ssize_t itemsize,
     return strides[0] // itemsize
 
 
+cdef const int64_t *_targets(const int64_t[::1] target, int64_t n) except? NULL:
+    """Data of the length-n class targets; NULL for None or no rows."""
+    if target is None:
+        return NULL
+    if target.shape[0] != n:
+        raise ValueError(f"target must have length {n}, got {target.shape[0]}")
+    return &target[0] if n > 0 else NULL
+
+
 cdef const void *_vector(str name, const floating[::1] a, int64_t n) except? NULL:
     """Data of a length-n vector; NULL for None or no elements."""
     if a is None:
@@ -112,18 +121,13 @@ def rows(const floating[:, :] x, const int64_t[::1] target=None,
     r.x_stride = c
     r.soft_stride = 0
     r.x = _matrix("input", x, n, c, &r.x_stride)
-    r.target = NULL
+    r.target = _targets(target, n)
     r.ignore_index = ignore_index
     r.label_smoothing = label_smoothing
     r.out_kind = out_kind
     r.out = NULL
     r.out_stride = 0
     r.grad_scale = grad_scale
-    if target is not None:
-        if target.shape[0] != n:
-            raise ValueError(f"target must have length {n}, got {target.shape[0]}")
-        if n > 0:
-            r.target = &target[0]
     r.soft = _matrix("target", soft, n, c, &r.soft_stride)
     r.weight = _vector("weight", weight, c)
     r.loss = <void *>_vector("loss", loss, n)
@@ -162,12 +166,7 @@ def proba(const floating[:, :] p, const int64_t[::1] target, floating[::1] row_s
     r.n_classes = c
     r.p_stride = c
     r.p = _matrix("p", p, n, c, &r.p_stride)
-    r.target = NULL
-    if target is not None:
-        if target.shape[0] != n:
-            raise ValueError(f"target must have length {n}, got {target.shape[0]}")
-        if n > 0:
-            r.target = &target[0]
+    r.target = _targets(target, n)
     r.row_sum = <void *>_vector("row_sum", row_sum, n)
     r.picked = <void *>_vector("picked", picked, n) if target is not None else NULL
     with nogil:

@@ -39,7 +39,7 @@ def namespace(*arrays):
     arrays = [a for a in arrays if a is not None]
     # NumPy alone, the most common call, skips array_namespace's checks of
     # every other library: a small call spends as long there as in C.
-    if all(type(a) is np.ndarray for a in arrays):
+    if arrays and all(type(a) is np.ndarray for a in arrays):
         return _numpy_namespace()
     if any(_is_opencl(a) for a in arrays):
         return _engine("opencl").namespace(*arrays)
