@@ -1,0 +1,512 @@
+"""The OpenCL C source of every kernel of the OpenCL engine, as one string.
+
+Kept apart from the Python that builds and launches it (``_opencl_runtime``)
+so that the text can be read, and hashed for the build verdicts, on its own.
+"""
+
+SOURCE = r"""//CL//
+/*
+ * xentc's OpenCL kernels. Build options name the types of one program:
+ *   REAL_T, ACC_T   floating dtypes: storage and arithmetic (float for half)
+ *   XENTC_HALF      half storage, through vload_half / vstore_half: core
+ *                   OpenCL, no cl_khr_fp16 needed, float arithmetic
+ *   XENTC_FP64      double storage (the device has cl_khr_fp64)
+ *   VEC             the row kernel's vector width: the device's preferred
+ *                   one (CPU devices vectorize exp only on vector types;
+ *                   1, plain scalars, suits GPUs)
+ *   INT_T, IACC_T   integer dtypes: element and accumulator of reductions
+ *   ELEM_T          an unsigned type of the dtype's size: copies move bits
+ * Reductions run a fixed tree over a fixed split of the data, so a result
+ * depends on the inputs, their size and the device's group size only.
+ */
+#define RED_SUM 0
+#define RED_MIN 1
+#define RED_MAX 2
+#define RED_COUNT 3
+
+#if defined(REAL_T)
+#ifdef XENTC_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+#ifdef XENTC_HALF
+#define LD(p, i) vload_half((i), (p))
+#define ST(p, i, v) vstore_half_rte((v), (i), (p))
+#else
+#define LD(p, i) ((ACC_T)(p)[i])
+#define ST(p, i, v) ((p)[i] = (REAL_T)(v))
+#endif
+#define RV_T ACC_T
+#define RV_IN_T REAL_T
+#define RV_OUT_T REAL_T
+#define RV_LD(p, i) LD(p, i)
+#define RV_ST(p, v) ST(p, 0, v)
+#define RV_ISNAN(v) isnan(v)
+#elif defined(INT_T)
+#define RV_T IACC_T
+#define RV_IN_T INT_T
+#define RV_OUT_T IACC_T
+#define RV_LD(p, i) ((IACC_T)(p)[i])
+#define RV_ST(p, v) ((p)[0] = (v))
+#define RV_ISNAN(v) 0
+#endif
+
+#ifdef RV_T
+/* NaN wins min and max, as in NumPy. */
+RV_T rv_op(const int op, const RV_T a, const RV_T b)
+{
+    if (op == RED_SUM)
+        return a + b;
+    if (RV_ISNAN(a))
+        return a;
+    if (RV_ISNAN(b))
+        return b;
+    return op == RED_MIN ? (b < a ? b : a) : (b > a ? b : a);
+}
+
+/* Combine v[0, nv) over the R lanes (a power of two) of each segment of the
+   group; every lane gets its segment's results. All lanes of the group must
+   call it: it holds barriers. */
+void seg_reduce(__local RV_T *buf, RV_T *v, const int nv, const int op, const uint R)
+{
+    const uint L = get_local_size(0), lid = get_local_id(0), lane = lid & (R - 1);
+    for (int k = 0; k < nv; k++)
+        buf[k * L + lid] = v[k];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = R >> 1; s > 0; s >>= 1) {
+        if (lane < s)
+            for (int k = 0; k < nv; k++)
+                buf[k * L + lid] = rv_op(op, buf[k * L + lid], buf[k * L + lid + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int k = 0; k < nv; k++)
+        v[k] = buf[k * L + lid - lane];
+    barrier(CLK_LOCAL_MEM_FENCE); /* buf is free again */
+}
+
+/* Group g combines a[g * row_len, min((g + 1) * row_len, n)): the rows of a
+   2-D array, or stage 1 of a whole-array reduction. */
+__kernel void xentc_reduce(const long n, const long row_len, const __global RV_IN_T *a,
+                           const long a_off, const int op, const RV_T ident,
+                           __global RV_T *part, __local RV_T *buf)
+{
+    const int combine = op == RED_COUNT ? RED_SUM : op;
+    const long start = (long)get_group_id(0) * row_len, end = min(n, start + row_len);
+    RV_T v[1] = {ident};
+    for (long k = start + get_local_id(0); k < end; k += get_local_size(0)) {
+        RV_T t = RV_LD(a + a_off, k);
+        v[0] = rv_op(combine, v[0], op == RED_COUNT ? (RV_T)(t != 0) : t);
+    }
+    seg_reduce(buf, v, 1, combine, get_local_size(0));
+    if (get_local_id(0) == 0)
+        part[get_group_id(0)] = v[0];
+}
+
+/* Stage 2: one group combines the n partial results. */
+__kernel void xentc_reduce_final(const long n, const __global RV_T *part, const int op,
+                                 const RV_T ident, __global RV_OUT_T *out, const long out_off,
+                                 __local RV_T *buf)
+{
+    const int combine = op == RED_COUNT ? RED_SUM : op;
+    RV_T v[1] = {ident};
+    for (long k = get_local_id(0); k < n; k += get_local_size(0))
+        v[0] = rv_op(combine, v[0], part[k]);
+    seg_reduce(buf, v, 1, combine, get_local_size(0));
+    if (get_local_id(0) == 0)
+        RV_ST(out + out_off, v[0]);
+}
+#endif
+
+#ifdef REAL_T
+#define OUT_NONE 0
+#define OUT_LOG_SOFTMAX 1
+#define OUT_SOFTMAX 2
+#define OUT_GRAD 3
+
+#define HAS_TARGET 1
+#define HAS_SOFT 2
+#define HAS_WEIGHT 4
+#define HAS_LOSS 8
+#define HAS_LSE 16
+#define HAS_ROW_SCALE 32
+
+/* weight, loss, lse and row_scale are ACC_T arrays: float32 next to half
+   logits, as the API layer gives and expects them. */
+
+/* VACC: VEC values of ACC_T. Built-ins (exp, isnan), the operators and
+   VSELECT take scalars and vectors alike, so one text serves every VEC. */
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#if VEC == 1
+#define VACC ACC_T
+#define IOTA ((ACC_T)0)
+#define VLD_REAL(p, i) LD(p, i)
+#define VLD_ACC(p, i) ((p)[i])
+#define VST_REAL(p, i, v) ST(p, i, v)
+#define VLD_PRIV(a) ((a)[0])
+#define VST_PRIV(v, a) ((a)[0] = (v))
+#else
+#define VACC CAT(ACC_T, VEC)
+#ifdef XENTC_HALF
+#define VLD_REAL(p, i) CAT(vload_half, VEC)(0, (p) + (i))
+#define VST_REAL(p, i, v) CAT(CAT(vstore_half, VEC), _rte)((v), 0, (p) + (i))
+#else
+#define VLD_REAL(p, i) CAT(vload, VEC)(0, (p) + (i))
+#define VST_REAL(p, i, v) CAT(vstore, VEC)((v), 0, (p) + (i))
+#endif
+#define VLD_ACC(p, i) CAT(vload, VEC)(0, (p) + (i))
+#define VLD_PRIV(a) CAT(vload, VEC)(0, (a))
+#define VST_PRIV(v, a) CAT(vstore, VEC)((v), 0, (a))
+#if VEC == 2
+#define IOTA ((VACC)(0, 1))
+#elif VEC == 4
+#define IOTA ((VACC)(0, 1, 2, 3))
+#elif VEC == 8
+#define IOTA ((VACC)(0, 1, 2, 3, 4, 5, 6, 7))
+#elif VEC == 16
+#define IOTA ((VACC)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+#else
+#error "VEC must be 1, 2, 4, 8 or 16"
+#endif
+#endif
+/* b where c, else a. Scalars take the ternary: select() on a double wants a
+   long condition, and scalar comparisons give int. */
+#if VEC == 1
+#define VSELECT(a, b, c) ((c) ? (b) : (a))
+#else
+#define VSELECT(a, b, c) select((a), (b), (c))
+#endif
+
+/* Elements [c, c + VEC) of p as ACC_T, `pad` from the n-th on (n > 0 left
+   in the row): nothing past the row is read. */
+VACC vload_real(const __global REAL_T *p, const long c, const long n, const ACC_T pad)
+{
+    if (n >= VEC)
+        return VLD_REAL(p, c);
+    ACC_T a[VEC];
+    for (int k = 0; k < VEC; k++)
+        a[k] = k < n ? LD(p, c + k) : pad;
+    return VLD_PRIV(a);
+}
+
+VACC vload_acc(const __global ACC_T *p, const long c, const long n)
+{
+    if (n >= VEC)
+        return VLD_ACC(p, c);
+    ACC_T a[VEC];
+    for (int k = 0; k < VEC; k++)
+        a[k] = k < n ? p[c + k] : 0;
+    return VLD_PRIV(a);
+}
+
+ACC_T hsum(const VACC v)
+{
+    ACC_T a[VEC], s = 0;
+    VST_PRIV(v, a);
+    for (int k = 0; k < VEC; k++)
+        s += a[k];
+    return s;
+}
+
+/* The largest component; NaN-free inputs. */
+ACC_T hmax(const VACC v)
+{
+    ACC_T a[VEC], m;
+    VST_PRIV(v, a);
+    m = a[0];
+    for (int k = 1; k < VEC; k++)
+        m = a[k] > m ? a[k] : m;
+    return m;
+}
+
+/* Coefficients of logits [c, c + VEC) in the linear sums, 0 past the row's
+   end: w[c] for smoothed class targets, w[c] * (qa * q[c] + qb) for
+   (smoothed) soft targets. */
+VACC coef(const __global ACC_T *w, const __global REAL_T *q, const long c, const long n,
+          const ACC_T qa, const ACC_T qb)
+{
+    VACC k = w ? vload_acc(w, c, n) : (VACC)1;
+    if (q)
+        k = k * (qa * vload_real(q, c, n, 0) + qb);
+    return VSELECT(k, (VACC)0, IOTA >= (ACC_T)n);
+}
+
+/* Class targets before any row is read: group g takes targets
+   [g * chunk, (g + 1) * chunk) and writes the sum of their weights (1 each
+   without weights) and the first index of a target outside [0, C) that is
+   not ignore_index (n if there is none). */
+__kernel void xentc_targets(const long n, const long chunk, const long C, const long ignore_index,
+                            const __global long *target, const long t_off,
+                            const __global ACC_T *weight, const long w_off, const int has_weight,
+                            __global ACC_T *part_sum, __global long *part_bad,
+                            __local ACC_T *buf)
+{
+    const uint L = get_local_size(0), lid = get_local_id(0);
+    const long start = (long)get_group_id(0) * chunk, end = min(n, start + chunk);
+    ACC_T v[1] = {0};
+    long bad = n;
+    for (long k = start + lid; k < end; k += L) {
+        const long y = target[t_off + k];
+        if (y == ignore_index)
+            continue;
+        if (y < 0 || y >= C)
+            bad = min(bad, k);
+        else
+            v[0] += has_weight ? weight[w_off + y] : (ACC_T)1;
+    }
+    seg_reduce(buf, v, 1, RED_SUM, L);
+    /* L longs after the L sums: L is a power of two, so they are aligned. */
+    __local long *lbad = (__local long *)(buf + L);
+    lbad[lid] = bad;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = L >> 1; s > 0; s >>= 1) {
+        if (lid < s)
+            lbad[lid] = min(lbad[lid], lbad[lid + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) {
+        part_sum[get_group_id(0)] = v[0];
+        part_bad[get_group_id(0)] = lbad[0];
+    }
+}
+
+/*
+ * Rows of x, R lanes per row (R = 1: a row per work-item for short rows;
+ * R = group size: a work-group per row for long ones); a lane takes VEC
+ * logits at a time, a partial vector at the row's end. Per row, with
+ * e = label smoothing, qa = 1 - e, qb = e / C (see xentc._engines):
+ *   pass 1: m = max(x), NaN skipped (it poisons the sum instead);
+ *   pass 2: ones = #(x == m), rest = sum exp(x - m) over the others,
+ *           S = sum coef * (x - m), A = sum coef;
+ *           ls = log1p((ones - 1) + rest), exact when the sum is near 1;
+ *           loss and lse from m, ls, S, A (A * ls - S adds terms of one sign);
+ *   pass 3: out = log_softmax, softmax or the gradient
+ *           g * (alpha * p - beta * coef - gamma * [c == y]).
+ * Lanes past the last row take part in the barriers and do nothing else.
+ * A class target outside [0, C) that is not ignore_index gives NaN (the API
+ * layer rejects those before launching): it is never used as an index.
+ */
+__kernel void xentc_rows(
+    const long n_rows, const long C, const uint R,
+    const __global REAL_T *x, const long x_off, const long x_stride,
+    const __global long *target, const long t_off, const long ignore_index,
+    const __global REAL_T *soft, const long q_off, const long q_stride,
+    const __global ACC_T *weight, const long w_off,
+    const ACC_T e, const ACC_T qa, const ACC_T qb,
+    __global ACC_T *loss, const long loss_off,
+    __global ACC_T *lse, const long lse_off,
+    const int out_kind, __global REAL_T *out, const long out_off, const long out_stride,
+    const ACC_T grad_scale, const __global ACC_T *row_scale, const long rs_off,
+    const int flags, __local ACC_T *buf)
+{
+    const uint lid = get_local_id(0), lane = lid & (R - 1);
+    const long i = (long)get_group_id(0) * (long)(get_local_size(0) / R) + lid / R;
+    const int live = i < n_rows;
+    const __global REAL_T *xr = x + x_off + (live ? i : 0) * x_stride;
+    const __global ACC_T *w = (flags & HAS_WEIGHT) ? weight + w_off : 0;
+    const __global REAL_T *q = (live && (flags & HAS_SOFT)) ? soft + q_off + i * q_stride : 0;
+    const int has_target = flags & HAS_TARGET;
+    const int lin = (flags & HAS_SOFT) || (has_target && e > 0);
+    long y = -1;
+    int ignored = 0, bad = 0;
+    if (live && has_target) {
+        y = target[t_off + i];
+        ignored = y == ignore_index;
+        bad = !ignored && (y < 0 || y >= C);
+    }
+    const int work = live && !ignored;
+
+    const long step = (long)R * VEC;
+    ACC_T v[4];
+    VACC vm = -INFINITY, vnan = 0;
+    if (work)
+        for (long c = lane * VEC; c < C; c += step) {
+            const VACC a = vload_real(xr, c, C - c, -INFINITY);
+            vm = VSELECT(vm, a, a > vm);
+            vnan = VSELECT(vnan, (VACC)1, isnan(a));
+        }
+    v[0] = hmax(vm);
+    v[1] = hmax(vnan);
+    seg_reduce(buf, v, 2, RED_MAX, R);
+    ACC_T m;
+    m = v[0];
+    const int has_nan = v[1] > 0;
+
+    /* Past the row's end the logits read as -inf: exp gives 0, and the
+       linear sums mask them (their coefficient is 0, their d infinite). */
+    VACC vrest = 0, vones = 0, vS = 0, vA = 0;
+    if (work)
+        for (long c = lane * VEC; c < C; c += step) {
+            const VACC d = vload_real(xr, c, C - c, -INFINITY) - m;
+            vones += VSELECT((VACC)0, (VACC)1, d == 0);
+            vrest += VSELECT(exp(d), (VACC)0, d == 0);
+            if (lin) {
+                const VACC k = coef(w, q, c, C - c, qa, qb);
+                vS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
+                vA += k;
+            }
+        }
+    ACC_T rest, ones, S, A;
+    /* Read before the barriers below: with out == x, pass 3 overwrites x[y]. */
+    ACC_T xy = 0, wy = 1;
+    if (work && has_target) {
+        xy = bad ? NAN : LD(xr, y);
+        wy = bad ? NAN : (w ? w[y] : (ACC_T)1);
+    }
+    v[0] = hsum(vrest);
+    v[1] = hsum(vones);
+    v[2] = hsum(vS);
+    v[3] = hsum(vA);
+    seg_reduce(buf, v, lin ? 4 : 2, RED_SUM, R);
+    rest = v[0];
+    ones = v[1];
+    S = lin ? v[2] : 0;
+    A = lin ? v[3] : 0;
+
+    /* A row without a max (all -inf, or NaN) has no log-sum: NaN, as torch. */
+    const ACC_T ls = m > -INFINITY ? log1p((ones - 1) + rest) : NAN;
+    if (live && lane == 0) {
+        ACC_T row_loss = 0;
+        if (has_target) {
+            row_loss = qa * wy * ((m - xy) + ls);
+            if (e > 0)
+                row_loss += qb * (A * ls - S);
+        } else {
+            row_loss = A * ls - S;
+        }
+        /* torch.logsumexp: +-inf for a row whose max is infinite, unless
+           the row holds a NaN. */
+        const ACC_T row_lse = isinf(m) ? (has_nan ? NAN : m) : m + ls;
+        if (flags & HAS_LOSS)
+            loss[loss_off + i] = ignored ? 0 : row_loss;
+        if (flags & HAS_LSE)
+            lse[lse_off + i] = ignored ? 0 : row_lse;
+    }
+    if (!live || out_kind == OUT_NONE)
+        return;
+
+    __global REAL_T *o = out + out_off + i * out_stride;
+    ACC_T alpha = 0, beta = 0, gamma = 0, g = 0;
+    if (out_kind == OUT_GRAD) {
+        /* d/dx_c = g * (A * p_c - coef_c), A = sum coef: torch's formula
+           regrouped; class targets put (1 - e) * w[y] on c == y. The scale
+           g comes last, so that the gradient scales with it to the ulp
+           even where the bracket cancels. */
+        g = grad_scale * ((flags & HAS_ROW_SCALE) ? row_scale[rs_off + i] : 1);
+        if (has_target) {
+            alpha = qa * wy + (e > 0 ? qb * A : 0);
+            beta = qb;
+            gamma = qa * wy;
+        } else {
+            alpha = A;
+            beta = 1;
+        }
+    }
+    for (long c = lane * VEC; c < C; c += step) {
+        const long n = C - c;
+        const VACC d = (vload_real(xr, c, n, 0) - m) - ls;
+        VACC r;
+        if (ignored) {
+            r = 0;
+        } else if (out_kind == OUT_LOG_SOFTMAX) {
+            r = d;
+        } else if (out_kind == OUT_SOFTMAX) {
+            r = exp(d);
+        } else {
+            const VACC t1 = alpha * exp(d);
+            const VACC t2 = beta != 0 ? beta * coef(w, q, c, n, qa, qb) : (VACC)0;
+            const VACC t3 = VSELECT((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
+            /* An infinite g (a mean over zero weight) scales torch's terms
+               one by one, so that zero ones give NaN as they do there. */
+            r = isfinite(g) ? g * (t1 - t2 - t3) : g * t1 - g * t2 - g * t3;
+        }
+        if (n >= VEC) {
+            VST_REAL(o, c, r);
+        } else {
+            ACC_T a[VEC];
+            VST_PRIV(r, a);
+            for (int k = 0; k < n; k++)
+                ST(o, c + k, a[k]);
+        }
+    }
+}
+
+/*
+ * One read of probabilities p for log_loss (xentc._engines: proba_rows), on
+ * the rows' layout of xentc_rows: per row its sum and p[i, target[i]] (NaN
+ * for a target outside [0, C): never used as an index); per group, in
+ * part[0][g] and part[1][g], -min(p) and max(p) over its rows, NaN when it
+ * met a NaN. The negated minimum lets one max tree finish both extremes.
+ */
+__kernel void xentc_proba(const long n_rows, const long C, const uint R,
+                          const __global REAL_T *p, const long p_off, const long p_stride,
+                          const __global long *target, const long t_off,
+                          __global REAL_T *total, const long total_off,
+                          __global REAL_T *picked, const long picked_off,
+                          __global ACC_T *part, const long n_groups, __local ACC_T *buf)
+{
+    const uint lid = get_local_id(0), lane = lid & (R - 1);
+    const long i = (long)get_group_id(0) * (long)(get_local_size(0) / R) + lid / R;
+    const int live = i < n_rows;
+    const __global REAL_T *pr = p + p_off + (live ? i : 0) * p_stride;
+    VACC vs = 0, vlo = INFINITY, vhi = -INFINITY, vnan = 0;
+    if (live)
+        for (long c = lane * VEC; c < C; c += (long)R * VEC) {
+            const long n = C - c;
+            const VACC a = vload_real(pr, c, n, 0);
+            vs += a;
+            /* NaN compares false: the extremes skip it, vnan counts it. */
+            vlo = VSELECT(vlo, a, a < vlo && IOTA < (ACC_T)n);
+            vhi = VSELECT(vhi, a, a > vhi && IOTA < (ACC_T)n);
+            vnan = VSELECT(vnan, (VACC)1, isnan(a));
+        }
+    ACC_T v[3] = {hsum(vs)};
+    seg_reduce(buf, v, 1, RED_SUM, R);
+    if (live && lane == 0) {
+        ST(total + total_off, i, v[0]);
+        if (picked) {
+            const long y = target[t_off + i];
+            ST(picked + picked_off, i, y >= 0 && y < C ? LD(pr, y) : NAN);
+        }
+    }
+    v[0] = hmax(-vlo);
+    v[1] = hmax(vhi);
+    v[2] = hmax(vnan);
+    seg_reduce(buf, v, 3, RED_MAX, get_local_size(0));
+    if (lid == 0) {
+        part[get_group_id(0)] = v[2] > 0 ? NAN : v[0];
+        part[n_groups + get_group_id(0)] = v[2] > 0 ? NAN : v[1];
+    }
+}
+#endif
+
+#ifdef ELEM_T
+/* dst = src for arrays of one shape with any strides (in elements):
+   geom holds the shape, then src's strides, then dst's. */
+__kernel void xentc_copy(const long n, const int ndim, __constant long *geom,
+                         const __global ELEM_T *src, const long src_off,
+                         __global ELEM_T *dst, const long dst_off)
+{
+    for (long k = get_global_id(0); k < n; k += get_global_size(0)) {
+        long rem = k, s = src_off, d = dst_off;
+        for (int ax = ndim - 1; ax >= 0; ax--) {
+            const long idx = rem % geom[ax];
+            rem /= geom[ax];
+            s += idx * geom[ndim + ax];
+            d += idx * geom[2 * ndim + ax];
+        }
+        dst[d] = src[s];
+    }
+}
+
+/* out[i, k] = a[i, idx[i, k]] for contiguous (rows, C) a and (rows, K) idx,
+   idx in [0, C) (checked by the caller). */
+__kernel void xentc_take(const long n_rows, const long C, const long K,
+                         const __global ELEM_T *a, const long a_off,
+                         const __global long *idx, const long idx_off,
+                         __global ELEM_T *out, const long out_off)
+{
+    for (long k = get_global_id(0); k < n_rows * K; k += get_global_size(0))
+        out[out_off + k] = a[a_off + (k / K) * C + idx[idx_off + k]];
+}
+#endif
+"""
