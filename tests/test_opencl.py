@@ -66,7 +66,7 @@ from test_log_loss import RTOL, outcome, random_proba
 
 import xentc
 from xentc import _dispatch
-from xentc._engines import opencl
+from xentc._engines import _opencl_runtime, opencl
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,27 @@ def queue():
     """A queue on the default OpenCL device (``PYOPENCL_CTX`` may name it)."""
     assert opencl.devices(), ("no OpenCL device found; pip install 'xentc[opencl]' "
                               "installs PoCL, which gives a CPU device")
-    return cl.CommandQueue(cl.create_some_context(interactive=False))
+    # The context is held here until the module ends: a queue does not keep
+    # its Python object, and Intel's CPU runtime refuses `queue.context` (what
+    # pyopencl arrays ask for) once no one holds it (INVALID_CONTEXT).
+    context = cl.create_some_context(interactive=False)
+    yield cl.CommandQueue(context)
+
+
+@pytest.fixture(scope="module", autouse=True, params=[None, 1, 2, 4, 8, 16],
+                ids=lambda w: f"vec{w or 'auto'}")
+def vector_width(request):
+    """The whole module once with the engine's own vector width, then with each
+    width a device may pick forced (``XENTC_OPENCL_VEC``): every width's
+    kernel text runs on every machine. A width this device cannot build is
+    refused by its probe child and a narrower one taken
+    (tests/test_opencl_build.py), so none can take the run down."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param:
+            mp.setenv("XENTC_OPENCL_VEC", str(request.param))
+        opencl.clear_cache()
+        yield request.param
+    opencl.clear_cache()
 
 
 @pytest.fixture(params=["device_layout", "lanes_per_row"])
@@ -92,7 +112,7 @@ def scalar_build(monkeypatch):
     """The kernels built with VEC = 1, as for GPUs (plain scalars, no vector
     loads), whatever this device prefers; the cache is dropped on both sides."""
     opencl.clear_cache()
-    monkeypatch.setattr(opencl, "_vector_width", lambda device, dtype: 1)
+    monkeypatch.setenv("XENTC_OPENCL_VEC", "1")
     monkeypatch.setattr(opencl, "_CPU_ROW_PER_ITEM", False)
     yield
     opencl.clear_cache()
@@ -474,8 +494,8 @@ def test_float64_refused_without_device_support():
         extensions = "cl_khr_byte_addressable_store"
 
     with pytest.raises(TypeError, match="cl_khr_fp64.*a device without doubles"):
-        opencl._check_dtype(NoDouble(), np.float64)
-    opencl._check_dtype(NoDouble(), np.float32)
+        _opencl_runtime.check_dtype(NoDouble(), np.float64)
+    _opencl_runtime.check_dtype(NoDouble(), np.float32)
 
 
 def test_float16_storage_kernel(queue, rng):
@@ -834,7 +854,7 @@ def test_log_loss_never_copies_device_arrays_to_the_host(queue):
 def test_log_loss_without_float64_on_the_device(queue, monkeypatch, rng):
     """A device without cl_khr_fp64: the sums run in float32 (host float64 weights
     become float32 on the way) rather than fail."""
-    monkeypatch.setattr(opencl, "_has_fp64", lambda device: False)
+    monkeypatch.setattr(_opencl_runtime, "has_fp64", lambda device: False)
     index = rng.integers(0, 3, 100)
     proba = random_proba(rng, 100, 3, np.float32)
     weight = rng.uniform(0, 2, 100)

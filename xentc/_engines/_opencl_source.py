@@ -218,6 +218,21 @@ ACC_T hmax(const VACC v)
     return m;
 }
 
+/* acc += v, compensated (Kahan): comp carries the rounding error of the
+   last addition into the next. A lane adds C / (R * VEC) terms in order
+   (50000 for a scalar lane on a long row), and a plain sum then loses
+   accuracy with the length of the row and the order the device chose; with
+   the carry a row's sums are good to a few ulp whatever the width, group
+   size or implementation. Once the sum is not finite (an infinite logit's
+   term) the carry stays 0, so that infinities stay infinities, not NaN. */
+#define KAHAN_ADD(acc, comp, v)                                        \
+    do {                                                               \
+        const VACC y_ = (v) - (comp);                                  \
+        const VACC t_ = (acc) + y_;                                    \
+        (comp) = VSELECT((VACC)0, (t_ - (acc)) - y_, isfinite(t_));    \
+        (acc) = t_;                                                    \
+    } while (0)
+
 /* Coefficients of logits [c, c + VEC) in the linear sums, 0 past the row's
    end: w[c] for smoothed class targets, w[c] * (qa * q[c] + qb) for
    (smoothed) soft targets. */
@@ -333,16 +348,16 @@ __kernel void xentc_rows(
 
     /* Past the row's end the logits read as -inf: exp gives 0, and the
        linear sums mask them (their coefficient is 0, their d infinite). */
-    VACC vrest = 0, vones = 0, vS = 0, vA = 0;
+    VACC vrest = 0, vones = 0, vS = 0, vA = 0, crest = 0, cS = 0, cA = 0;
     if (work)
         for (long c = lane * VEC; c < C; c += step) {
             const VACC d = vload_real(xr, c, C - c, -INFINITY) - m;
             vones += VSELECT((VACC)0, (VACC)1, d == 0);
-            vrest += VSELECT(exp(d), (VACC)0, d == 0);
+            KAHAN_ADD(vrest, crest, VSELECT(exp(d), (VACC)0, d == 0));
             if (lin) {
                 const VACC k = coef(w, q, c, C - c, qa, qb);
-                vS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
-                vA += k;
+                KAHAN_ADD(vS, cS, VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c)));
+                KAHAN_ADD(vA, cA, k);
             }
         }
     ACC_T rest, ones, S, A;
@@ -448,12 +463,12 @@ __kernel void xentc_proba(const long n_rows, const long C, const uint R,
     const long i = (long)get_group_id(0) * (long)(get_local_size(0) / R) + lid / R;
     const int live = i < n_rows;
     const __global REAL_T *pr = p + p_off + (live ? i : 0) * p_stride;
-    VACC vs = 0, vlo = INFINITY, vhi = -INFINITY, vnan = 0;
+    VACC vs = 0, cs = 0, vlo = INFINITY, vhi = -INFINITY, vnan = 0;
     if (live)
         for (long c = lane * VEC; c < C; c += (long)R * VEC) {
             const long n = C - c;
             const VACC a = vload_real(pr, c, n, 0);
-            vs += a;
+            KAHAN_ADD(vs, cs, a);
             /* NaN compares false: the extremes skip it, vnan counts it. */
             vlo = VSELECT(vlo, a, a < vlo && IOTA < (ACC_T)n);
             vhi = VSELECT(vhi, a, a > vhi && IOTA < (ACC_T)n);
