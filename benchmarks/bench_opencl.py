@@ -163,7 +163,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     repeat = args.repeat or (3 if args.quick else DEFAULT_REPEAT)
-    queue = cl.CommandQueue(cl.create_some_context(interactive=False))
+    context = cl.create_some_context(interactive=False)  # held while its queue is used
+    queue = cl.CommandQueue(context)
     rng = np.random.default_rng(args.seed)
     print(f"xentc.cross_entropy: OpenCL engine on {queue.device.name!r} "
           f"({queue.device.platform.name}) vs the C core, {args.dtype}, median ms of {repeat}")

@@ -283,18 +283,25 @@ def clear_cache():
     _program.cache_clear()
     select_width.cache_clear()
     _opencl_probe.clear_memory()
-    default_queue.cache_clear()
+    _default_context_and_queue.cache_clear()
+
+
+def default_queue():
+    """The queue for host arrays: ``PYOPENCL_CTX`` names its device, else the first one."""
+    return _default_context_and_queue()[1]
 
 
 @functools.cache
-def default_queue():
-    """The queue for host arrays: ``PYOPENCL_CTX`` names its device, else the first one."""
+def _default_context_and_queue():
+    # The context is held beside its queue: some runtimes (Intel's CPU one)
+    # destroy a context whose last handle the caller released, queue or not,
+    # and then refuse `queue.context` with INVALID_CONTEXT.
     try:
         ctx = cl.create_some_context(interactive=False)
     except (cl.Error, RuntimeError) as exc:
         raise RuntimeError(f"cannot open a default OpenCL device ({exc}): PYOPENCL_CTX "
                            f"chooses one; with none installed, {INSTALL}") from exc
-    return cl.CommandQueue(ctx)
+    return ctx, cl.CommandQueue(ctx)
 
 
 # ---------------------------------------------------------------------------
