@@ -18,6 +18,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 # Hard requirements of the suite: a missing one must fail the run, never skip.
+import array_api_compat  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402,F401
 
@@ -46,7 +47,24 @@ def pytest_report_header(config):
         f"xentc: compiled ISAs {core.compiled_isas()}, active {core.get_isa()}, "
         f"openmp {core.openmp_enabled()}",
         f"torch {torch.__version__}, numpy {np.__version__}",
+        _opencl_header(),
     ]
+
+
+def _opencl_header():
+    """The OpenCL device that the tests' queues and the engine's default queue
+    take, so that a log names the implementation that ran (PoCL, Intel, ...)."""
+    try:
+        import pyopencl as cl
+    except ImportError:
+        return "opencl: pyopencl is not installed"
+    try:
+        context = cl.create_some_context(interactive=False)
+    except (cl.Error, RuntimeError) as exc:  # test_opencl fails or skips on it
+        return f"opencl: no default device ({exc})"
+    device = context.devices[0]
+    return (f"opencl: {device.name!r} of {device.platform.name!r} "
+            f"({device.platform.version}; PYOPENCL_CTX={os.environ.get('PYOPENCL_CTX', '')!r})")
 
 
 def supported_isas():
@@ -161,7 +179,9 @@ class ArrayBackend:
         a = np.asarray(a)
         if a.dtype.kind == "f":
             self.dtype(a.dtype)  # skips the test early where the library lacks it
-        return self.xp.asarray(a, device=self.device, copy=True)
+        # Made on the host, then moved: torch 2.11 refuses a 0-d NumPy array
+        # straight to CUDA ("can't alias tensor from device 'cpu' to 'cuda:0'").
+        return array_api_compat.to_device(self.xp.asarray(a, copy=True), self.device)
 
     def dtype(self, dtype):
         """This library's dtype named like NumPy's `dtype`; skips the test if it has none."""

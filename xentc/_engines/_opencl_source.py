@@ -253,8 +253,13 @@ __kernel void xentc_targets(const long n, const long chunk, const long C, const 
                             const __global long *target, const long t_off,
                             const __global ACC_T *weight, const long w_off, const int has_weight,
                             __global ACC_T *part_sum, __global long *part_bad,
-                            __local ACC_T *buf)
+                            __local long *lbad)
 {
+    /* L longs, then L sums. The longs come first: a local argument is only
+       aligned for its own type (NVIDIA's driver gives a float buffer 4-byte
+       alignment), and longs after 4L bytes of floats could then be
+       misaligned, which faults there (OUT_OF_RESOURCES). */
+    __local ACC_T *buf = (__local ACC_T *)(lbad + get_local_size(0));
     const uint L = get_local_size(0), lid = get_local_id(0);
     const long start = (long)get_group_id(0) * chunk, end = min(n, start + chunk);
     ACC_T v[1] = {0};
@@ -269,8 +274,6 @@ __kernel void xentc_targets(const long n, const long chunk, const long C, const 
             v[0] += has_weight ? weight[w_off + y] : (ACC_T)1;
     }
     seg_reduce(buf, v, 1, RED_SUM, L);
-    /* L longs after the L sums: L is a power of two, so they are aligned. */
-    __local long *lbad = (__local long *)(buf + L);
     lbad[lid] = bad;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (uint s = L >> 1; s > 0; s >>= 1) {
