@@ -199,3 +199,14 @@ def test_every_forced_width_computes_torchs_values_or_falls_back(vec, tmp_path):
                          text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "float32" in run.stdout
+
+
+def test_devices_report_the_width_the_engine_builds():
+    """`python -m xentc info` / show_config list, per device and dtype, the width
+    the programs are built with (and the refused ones with their reasons)."""
+    queue = _opencl_runtime.default_queue()
+    prog = _opencl_runtime.program(queue.context, queue.device, np.float32)
+    lines = [ln for ln in opencl.devices() if queue.device.name.strip() in ln]
+    assert lines and f"float32 VEC {prog.vec}" in lines[0]
+    for note in prog.notes:
+        assert note.split(":")[0] in lines[0]
