@@ -131,6 +131,13 @@ def _store(path, ident, result):
         pass
 
 
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a number this platform has no name for
+        return str(number)
+
+
 def _run_child(device, dtype, vec):
     platform_index, device_index = _locate(device)
     env = dict(os.environ, **{PROBE_ENV: "0"})
@@ -156,7 +163,7 @@ def _run_child(device, dtype, vec):
     except (IndexError, ValueError, KeyError, TypeError, AttributeError):
         found, said = None, f"no verdict ({child.stdout[-200:]!r})"
     if child.returncode != 0:  # a verdict of "ok" does not count from a process that died
-        died = (f"signal {signal.Signals(-child.returncode).name}" if child.returncode < 0
+        died = (f"signal {_signal_name(-child.returncode)}" if child.returncode < 0
                 else f"exit status {child.returncode}")
         last = [ln for ln in child.stderr.strip().splitlines() if ln.strip()][-1:]
         return False, (f"the probe process died ({died}{': ' + last[0] if last else ''})"
