@@ -37,7 +37,8 @@ typedef enum {
  *
  * Row loss (class targets y, smoothing e, weights w, W = sum(w), C classes):
  *   (1 - e) * w[y] * (lse - x[y]) + (e / C) * sum_c w[c] * (lse - x[c])
- * and 0 where y == ignore_index. Soft targets q (one row per logit row):
+ * and 0 where y == ignore_index (such a row's lse and `out` row are 0 too).
+ * Soft targets q (one row per logit row):
  *   sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c]).
  * With neither target nor soft, only lse (and `out`) are produced.
  */

@@ -16,8 +16,14 @@ try:
     import pyopencl as cl
     import pyopencl.array as cla
     from pyopencl import clmath
+    from pyopencl.tools import get_or_register_dtype
 except ImportError:  # optional dependency: `import xentc` works without it
     cl = cla = clmath = None
+else:
+    # pyopencl's element-wise kernels (astype, the API layer's arithmetic) name
+    # dtypes through a registry without float16: on a device with cl_khr_fp16
+    # (Intel's CPU runtime) half arrays failed there. Registering it again is a no-op.
+    get_or_register_dtype("half", np.float16)
 
 RED_SUM, RED_MIN, RED_MAX, RED_COUNT = 0, 1, 2, 3
 

@@ -260,7 +260,8 @@ def _program(context, device, dtype, top):
     raise RuntimeError(
         f"xentc's OpenCL kernels for {np.dtype(dtype)} cannot be built on {describe(device)}; "
         f"tried {', '.join(notes)}. Another device can be chosen with PYOPENCL_CTX, or "
-        f"use backend='cpu' / 'generic'")
+        f"use backend='cpu' / 'generic' ({_opencl_probe.PROBE_ENV}=0 builds without the "
+        f"check in a child process, at the risk of a driver that aborts)")
 
 
 def program(context, device, dtype):
