@@ -23,7 +23,7 @@ opencl
     them, the mean read back to the host: the whole call, API layer and
     final reduction included.
 kernel
-    The engine's row pass alone, ``rows(cx, target=ct)`` until the queue
+    The engine's row pass alone, ``rows(xp, RowJob(cx, target=ct))`` until the queue
     is done: the O(N*C) part of the ``opencl`` call.
 from_host
     ``xentc.cross_entropy(x, t, backend="opencl")``: NumPy arrays copied to
@@ -58,7 +58,7 @@ import pyopencl.array as cla
 
 import xentc
 from xentc._bench import make_inputs, parse_shapes
-from xentc._engines import opencl
+from xentc._engines import RowJob, opencl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import OtherLoad, median_ms, time_interleaved
@@ -104,7 +104,7 @@ def bench_shape(queue, shape, dtype, repeat, rng):
             raise AssertionError(f"{name} gives {got!r}, the C core {want!r} at {shape}")
 
     def kernel():
-        opencl.rows(xp, cx, target=ct)
+        opencl.rows(xp, RowJob(cx, target=ct))
         queue.finish()
 
     cases = [("c_core", lambda: xentc.cross_entropy(x, t)),

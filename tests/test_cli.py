@@ -100,8 +100,8 @@ def test_bench_json_times_every_installed_peer(capsys):
 
 
 def test_bench_lists_a_missing_peer(monkeypatch, capsys):
-    real = _bench.module_version
-    monkeypatch.setattr(_bench, "module_version", lambda m: None if m == "scipy" else real(m))
+    real = _bench.peers.module_version
+    monkeypatch.setattr(_bench.peers, "module_version", lambda m: None if m == "scipy" else real(m))
     assert _cli.main(["bench", *TINY, "--tasks", "forward", "--peers", "torch,scipy"]) == 0
     out = capsys.readouterr().out
     assert "forward/scipy (scipy not available)" in out
@@ -112,7 +112,7 @@ def test_bench_lists_a_missing_peer(monkeypatch, capsys):
 def test_bench_flags_a_peer_that_disagrees(monkeypatch, capsys):
     wrong = [dataclasses.replace(p, prepare=lambda d: (lambda: 0.0, lambda out: (out,)))
              if p.key == "forward/numpy" else p for p in _bench.PEERS]
-    monkeypatch.setattr(_bench, "PEERS", tuple(wrong))
+    monkeypatch.setattr(_bench.peers, "PEERS", tuple(wrong))
     assert _cli.main(["bench", *TINY, "--tasks", "forward", "--peers", "torch,numpy"]) == 0
     out = capsys.readouterr().out
     assert "WARNING: 8x16384: forward/numpy disagrees with xentc (loss 0.0)" in out

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import array_api_compat.numpy as xp
 from reference import make_logits, make_soft_targets, make_targets, make_weight
-from xentc._engines import cpu, generic
+from xentc._engines import RowJob, cpu, generic
 
 ENGINES = {"cpu": cpu, "generic": generic}
 
@@ -42,9 +42,9 @@ def test_grad_matches_torch(engine, n_classes, soft, weighted, smoothing, in_pla
     want = torch_grad(x, t, w, smoothing, soft)
     row_scale = np.linspace(0.5, 2.0, 6).astype(dtype)
     buf = x.copy()
-    _, _, got = ENGINES[engine].rows(xp, buf, weight=w, label_smoothing=smoothing,
-                                     out_kind="grad", grad_scale=3.0, grad_row_scale=row_scale,
-                                     out=buf if in_place else None, **kw)
+    _, _, got = ENGINES[engine].rows(xp, RowJob(
+        buf, weight=w, label_smoothing=smoothing, out_kind="grad", grad_scale=3.0,
+        grad_row_scale=row_scale, out=buf if in_place else None, **kw))
     if in_place:
         assert got is buf or np.shares_memory(got, buf)
     eps = np.finfo(dtype).eps
@@ -58,8 +58,9 @@ def _rows_with_grad(x, t, soft, weight, smoothing, in_place):
     """cpu engine: (loss, lse, grad) of the summed loss, in place or not."""
     buf = x.copy()
     kw = dict(soft=t) if soft else dict(target=t, ignore_index=-100)
-    loss, lse, grad = cpu.rows(xp, buf, weight=weight, label_smoothing=smoothing, want_lse=True,
-                               out_kind="grad", out=buf if in_place else None, **kw)
+    loss, lse, grad = cpu.rows(xp, RowJob(buf, weight=weight, label_smoothing=smoothing,
+                                          want_lse=True, out_kind="grad",
+                                          out=buf if in_place else None, **kw))
     return loss, lse, grad
 
 

@@ -272,10 +272,9 @@ def core_calls(monkeypatch):
     calls = []
     rows = xentc._core.rows
 
-    def spy(x, *args):
-        out = args[8]
-        calls.append((x.ctypes.data, None if out is None else out.ctypes.data))
-        return rows(x, *args)
+    def spy(job):
+        calls.append((job.x.ctypes.data, None if job.out is None else job.out.ctypes.data))
+        return rows(job)
 
     monkeypatch.setattr(xentc._core, "rows", spy)
     return calls

@@ -66,7 +66,7 @@ from test_log_loss import RTOL, outcome, random_proba
 
 import xentc
 from xentc import _dispatch
-from xentc._engines import _opencl_runtime, opencl
+from xentc._engines import RowJob, _opencl_runtime, opencl
 
 
 @pytest.fixture(scope="module")
@@ -390,10 +390,10 @@ def check_grad_kernel(queue, rng, n_classes, soft, weighted_smoothed, in_place, 
     cx = dev(queue, x)
     args = {"soft": dev(queue, kw["target"])} if soft else {
         "target": dev(queue, kw["target"]), "ignore_index": -100}
-    loss, lse, got = opencl.rows(opencl.namespace(cx), cx, weight=dev(queue, kw.get("weight")),
-                                 label_smoothing=smoothing, out_kind="grad", grad_scale=3.0,
-                                 grad_row_scale=dev(queue, row_scale),
-                                 out=cx if in_place else None, **args)
+    loss, lse, got = opencl.rows(opencl.namespace(cx), RowJob(
+        cx, weight=dev(queue, kw.get("weight")), label_smoothing=smoothing, out_kind="grad",
+        grad_scale=3.0, grad_row_scale=dev(queue, row_scale), out=cx if in_place else None,
+        **args))
     assert lse is None
     if in_place:
         assert got is cx
@@ -505,9 +505,9 @@ def test_float16_storage_kernel(queue, rng):
     t = make_targets(rng, (40,), 300)
     w = make_weight(rng, 300, np.float32)
     cx = dev(queue, x)
-    loss, lse, out = opencl.rows(opencl.namespace(dev(queue, t)), cx, target=dev(queue, t),
-                                 weight=dev(queue, w), label_smoothing=0.1, want_lse=True,
-                                 out_kind="softmax")
+    loss, lse, out = opencl.rows(opencl.namespace(dev(queue, t)), RowJob(
+        cx, target=dev(queue, t), weight=dev(queue, w), label_smoothing=0.1, want_lse=True,
+        out_kind="softmax"))
     want, tol = ce_expected(x, t, np.float32, reduction="none", weight=w, label_smoothing=0.1)
     assert_within(read(queue, loss, np.float32, (40,), "loss"), want, tol, "loss")
     assert_within(read(queue, lse, np.float32, (40,), "lse"), logsumexp_ref(x),
@@ -595,9 +595,9 @@ def test_bad_device_arrays(queue):
         xentc.cross_entropy(dev(queue, x), dev(queue, t), backend="cpu")
     cx = dev(queue, x)
     with pytest.raises(ValueError, match="`out`"):
-        opencl.rows(opencl.namespace(cx), cx, out_kind="softmax", out=dev(queue, x[:2]))
+        opencl.rows(opencl.namespace(cx), RowJob(cx, out_kind="softmax", out=dev(queue, x[:2])))
     with pytest.raises(ValueError, match="`out_kind`"):
-        opencl.rows(opencl.namespace(cx), cx, out_kind="hessian")
+        RowJob(cx, out_kind="hessian")
 
 
 def test_without_pyopencl():

@@ -15,13 +15,13 @@ The per-row work is O(rows * classes) and lives in the engines; everything
 here is O(rows) or a reshape, written once with the array API.
 """
 import math
-import operator
 import sys
 from typing import Any, Literal
 
-
-
 from . import _dispatch
+from ._args import class_axis as _class_axis
+from ._args import n_threads as _n_threads
+from ._engines import RowJob
 
 _REDUCTIONS = ("none", "sum", "mean")
 
@@ -32,36 +32,9 @@ Reduction = Literal["none", "sum", "mean"]
 Backend = Literal["auto", "cpu", "opencl", "generic"]
 
 
-def _class_axis(ndim, axis):
-    """Normalize `axis` (None: torch's class dim, 1, or 0 for 1-D input)."""
-    if ndim == 0:
-        raise ValueError("`input` must have at least one dimension (the classes)")
-    if axis is None:
-        return 0 if ndim == 1 else 1
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"`axis` must be an integer, got {axis!r}") from None
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"`axis` {axis} is out of range for input with {ndim} dimensions")
-    return axis % ndim
-
-
 def _check_floating(xp, a, what):
     if not _dispatch.isdtype(xp, a.dtype, "real floating"):
         raise TypeError(f"`{what}` must be a real floating-point array, got dtype {a.dtype}")
-
-
-def _n_threads(n_threads):
-    if n_threads is None:
-        return None
-    try:
-        n = operator.index(n_threads)
-    except TypeError:
-        raise TypeError(f"`n_threads` must be an integer or None, got {n_threads!r}") from None
-    if n < 1:
-        raise ValueError(f"`n_threads` must be >= 1, got {n}")
-    return n
 
 
 def _as_rows(xp, a, axis):
@@ -193,17 +166,12 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
     >>> float(xentc.cross_entropy(x, np.array([2, 1]), np.array([2., 4., 6.], np.float32)))
     1.059831...
     """
+    args = (ignore_index, reduction, label_smoothing, axis, n_threads, backend)
     if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
-        return _autograd("cross_entropy", input, target, weight, ignore_index, reduction,
-                         label_smoothing, axis=axis, n_threads=n_threads, backend=backend)
-    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                          axis, n_threads, backend)[0]
-
-
-def _autograd(name, *args, **kwargs):
-    """Call `name` of ``xentc.torch``: the function wrapped as a torch autograd node."""
-    from . import torch as xentc_torch
-    return getattr(xentc_torch, name)(*args, **kwargs)
+        from . import _autograd
+        return _autograd.cross_entropy(
+            input, target, weight, lambda *arrays: _Loss(*arrays, *args, want_grad=True))
+    return _Loss(input, target, weight, *args).run()[0]
 
 
 def _tracks_grad(a):
@@ -254,80 +222,96 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     array([[ 0.045 ,  0.1224, -0.1674],
            [-0.3333,  0.1667,  0.1667]])
     """
-    return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                          axis, n_threads, backend, want_grad=True, grad_output=grad_output,
-                          out=out)
+    return _Loss(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                 n_threads, backend, want_grad=True).run(grad_output, out)
 
 
-def _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   n_threads, backend, want_grad=False, grad_output=None, out=None):
-    """The loss and, when asked, its gradient: the one path behind both public calls."""
-    label_smoothing = float(label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
-    xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
-        input, target, weight, reduction, axis, n_threads, backend)
-    n_classes = x.shape[1]
-    if _dispatch.isdtype(xp, target.dtype, "real floating"):
-        if tuple(target.shape) != tuple(input.shape):
-            raise ValueError(f"`target` of class probabilities must have the input's shape "
-                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
-        if ignore_index >= 0:
-            raise ValueError("`ignore_index` is not supported with class-probability targets")
-        soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
-        kw = dict(soft=soft)
-        denominator = float(x.shape[0])
-    else:
-        t = _class_targets(xp, target, lead_shape, n_classes)
-        kw = dict(target=t, ignore_index=ignore_index)
-        # Checked before any row is read; the mean's denominator on the way.
-        denominator = engine.targets(xp, t, n_classes, ignore_index, w)
-    if want_grad:
-        kw.update(_grad_args(xp, input, grad_output, out, reduction, lead_shape, ax,
-                             denominator))
-    loss, _, grad = engine.rows(xp, x, weight=w, label_smoothing=label_smoothing,
-                                n_threads=n_threads, **kw)
-    loss = xp.astype(_reduce(xp, loss, reduction, lead_shape, denominator), input.dtype,
-                     copy=False)
-    if not want_grad:
-        return loss, None
-    if kw["out"] is None:
-        grad = _from_rows(xp, grad, lead_shape, ax)
-        if out is not None:  # only a copy could give `out` as rows
-            out[...] = grad
+class _Loss:
+    """One validated loss call: its row job, and how the engine's per-row results
+    become the caller's (reduced, in the input's shape).
+
+    Built once per call; the torch autograd node keeps it to compute the
+    gradient again on a second backward pass (``xentc._autograd``).
+    """
+
+    def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                 n_threads, backend, want_grad=False):
+        label_smoothing = float(label_smoothing)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
+        xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
+            input, target, weight, reduction, axis, n_threads, backend)
+        job = dict(weight=w, label_smoothing=label_smoothing, n_threads=n_threads,
+                   out_kind="grad" if want_grad else "none")
+        if _dispatch.isdtype(xp, target.dtype, "real floating"):
+            if tuple(target.shape) != tuple(input.shape):
+                raise ValueError(f"`target` of class probabilities must have the input's "
+                                 f"shape {tuple(input.shape)}, got {tuple(target.shape)}")
+            if ignore_index >= 0:
+                raise ValueError("`ignore_index` is not supported with class-probability targets")
+            soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
+            self.job = RowJob(x, soft=soft, **job)
+            self.denominator = float(x.shape[0])
+        else:
+            t = _class_targets(xp, target, lead_shape, x.shape[1])
+            # Checked before any row is read; the mean's denominator on the way,
+            # and the targets and weights in the engine's form for the rows.
+            self.job, self.denominator = engine.targets(
+                xp, RowJob(x, target=t, ignore_index=ignore_index, **job))
+        self.xp, self.engine, self.input = xp, engine, input
+        self.reduction, self.axis, self.lead_shape = reduction, ax, lead_shape
+
+    def run(self, grad_output=None, out=None):
+        """The loss and, for a call with ``want_grad``, its gradient (else None).
+
+        `grad_output` and `out` are those of `cross_entropy_with_grad`.
+        """
+        xp, job = self.xp, self.job
+        if job.out_kind == "grad":
+            job = job.replace(**self._grad_args(grad_output, out))
+        loss, _, grad = self.engine.rows(xp, job)
+        loss = xp.astype(_reduce(xp, loss, self.reduction, self.lead_shape, self.denominator),
+                         self.input.dtype, copy=False)
+        if job.out_kind != "grad":
+            return loss, None
+        if job.out is None:
+            grad = _from_rows(xp, grad, self.lead_shape, self.axis)
+            if out is not None:  # only a copy could give `out` as rows
+                out[...] = grad
+                grad = out
+        else:
             grad = out
-    else:
-        grad = out
-    return loss, grad
+        return loss, grad
 
-
-def _grad_args(xp, input, grad_output, out, reduction, lead_shape, axis, denominator):
-    """Engine arguments for the gradient: its scales and destination rows."""
-    args = dict(out_kind="grad", grad_scale=1.0, grad_row_scale=None, out=None)
-    if reduction == "none":
-        if grad_output is not None:
-            go = xp.asarray(grad_output, dtype=_acc_dtype(xp, input.dtype),
-                            device=_dispatch.device(input))
-            if tuple(go.shape) != lead_shape:
-                raise ValueError(f"`grad_output` must have the loss's shape {lead_shape} "
-                                 f"for reduction='none', got {tuple(go.shape)}")
-            args["grad_row_scale"] = xp.reshape(go, (-1,))
-    else:
-        go = 1.0 if grad_output is None else _scalar(grad_output, "grad_output")
-        if reduction == "mean":
-            # NaN or inf where torch's own division by a zero weight gives them.
-            den = denominator
-            go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
-        args["grad_scale"] = go
-    if out is not None:
-        if not _dispatch.writeable(out):
-            raise ValueError(f"`out` must be a writable array; {type(out).__name__} "
-                             f"arrays of this kind are read-only")
-        if tuple(out.shape) != tuple(input.shape) or out.dtype != input.dtype:
-            raise ValueError(f"`out` must have the input's shape {tuple(input.shape)} and dtype "
-                             f"{input.dtype}, got {tuple(out.shape)} and {out.dtype}")
-        args["out"] = _rows_view(xp, out, axis)
-    return args
+    def _grad_args(self, grad_output, out):
+        """Job fields of the gradient: its scales and destination rows."""
+        xp, input = self.xp, self.input
+        args = dict(grad_scale=1.0, grad_row_scale=None, out=None)
+        if self.reduction == "none":
+            if grad_output is not None:
+                go = xp.asarray(grad_output, dtype=_acc_dtype(xp, input.dtype),
+                                device=_dispatch.device(input))
+                if tuple(go.shape) != self.lead_shape:
+                    raise ValueError(f"`grad_output` must have the loss's shape "
+                                     f"{self.lead_shape} for reduction='none', "
+                                     f"got {tuple(go.shape)}")
+                args["grad_row_scale"] = xp.reshape(go, (-1,))
+        else:
+            go = 1.0 if grad_output is None else _scalar(grad_output, "grad_output")
+            if self.reduction == "mean":
+                # NaN or inf where torch's own division by a zero weight gives them.
+                den = self.denominator
+                go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
+            args["grad_scale"] = go
+        if out is not None:
+            if not _dispatch.writeable(out):
+                raise ValueError(f"`out` must be a writable array; {type(out).__name__} "
+                                 f"arrays of this kind are read-only")
+            if tuple(out.shape) != tuple(input.shape) or out.dtype != input.dtype:
+                raise ValueError(f"`out` must have the input's shape {tuple(input.shape)} and "
+                                 f"dtype {input.dtype}, got {tuple(out.shape)} and {out.dtype}")
+            args["out"] = _rows_view(xp, out, self.axis)
+        return args
 
 
 def _scalar(value, what):
@@ -379,9 +363,8 @@ def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_in
     """
     xp, x, _, lead_shape, w, _, engine = _prepare(
         input, target, weight, reduction, axis, n_threads, backend)
-    n_classes = x.shape[1]
-    t = _class_targets(xp, target, lead_shape, n_classes)
-    denominator = engine.targets(xp, t, n_classes, ignore_index, w)
+    t = _class_targets(xp, target, lead_shape, x.shape[1])
+    _, denominator = engine.targets(xp, RowJob(x, target=t, weight=w, ignore_index=ignore_index))
     keep = t != ignore_index
     safe = xp.where(keep, t, xp.zeros_like(t))
     picked = -xp.take_along_axis(x, safe[:, None], axis=1)[:, 0]
@@ -393,7 +376,8 @@ def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_in
 
 
 def _normalize(x, axis, out_kind, n_threads, backend):
-    """log_softmax / softmax along `axis` through the engine's second pass."""
+    """log_softmax / softmax along `axis` through the engine's second pass, and the
+    normalized axis."""
     xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
     _check_floating(xp, x, "x")
@@ -401,9 +385,10 @@ def _normalize(x, axis, out_kind, n_threads, backend):
     rows, lead_shape = _as_rows(xp, x, ax)
     engine = _dispatch.engine_for(xp, x, backend)
     if rows.shape[1] == 0:
-        return xp.empty_like(x)
-    _, _, out = engine.rows(xp, rows, want_loss=False, out_kind=out_kind, n_threads=n_threads)
-    return _from_rows(xp, out, lead_shape, ax)
+        return xp.empty_like(x), ax
+    _, _, out = engine.rows(xp, RowJob(rows, want_loss=False, out_kind=out_kind,
+                                       n_threads=n_threads))
+    return _from_rows(xp, out, lead_shape, ax), ax
 
 
 _NORMALIZE_DOC = """{summary}
@@ -429,15 +414,19 @@ _NORMALIZE_DOC = """{summary}
 def log_softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
                 backend: Backend = "auto") -> Array:
     if _tracks_grad(x):
-        return _autograd("log_softmax", x, axis, n_threads=n_threads, backend=backend)
-    return _normalize(x, axis, "log_softmax", n_threads, backend)
+        from . import _autograd
+        return _autograd.normalize(
+            x, lambda a: _normalize(a, axis, "log_softmax", n_threads, backend), "log_softmax")
+    return _normalize(x, axis, "log_softmax", n_threads, backend)[0]
 
 
 def softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
             backend: Backend = "auto") -> Array:
     if _tracks_grad(x):
-        return _autograd("softmax", x, axis, n_threads=n_threads, backend=backend)
-    return _normalize(x, axis, "softmax", n_threads, backend)
+        from . import _autograd
+        return _autograd.normalize(
+            x, lambda a: _normalize(a, axis, "softmax", n_threads, backend), "softmax")
+    return _normalize(x, axis, "softmax", n_threads, backend)[0]
 
 
 log_softmax.__doc__ = _NORMALIZE_DOC.format(
@@ -471,7 +460,14 @@ def logsumexp(x: Array, axis: int = -1, keepdims: bool = False, *,
         Same namespace and dtype as `x`, the shape of `x` without `axis`.
     """
     if _tracks_grad(x):
-        return _autograd("logsumexp", x, axis, keepdims, n_threads=n_threads, backend=backend)
+        from . import _autograd
+        return _autograd.logsumexp(
+            x, lambda a: _logsumexp(a, axis, keepdims, n_threads, backend), keepdims)
+    return _logsumexp(x, axis, keepdims, n_threads, backend)[0]
+
+
+def _logsumexp(x, axis, keepdims, n_threads, backend):
+    """`logsumexp` and the reduced axis."""
     xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
     _check_floating(xp, x, "x")
@@ -481,6 +477,7 @@ def logsumexp(x: Array, axis: int = -1, keepdims: bool = False, *,
     if rows.shape[1] == 0:  # the log of an empty sum, as scipy.special.logsumexp
         lse = xp.reshape(xp.full_like(xp.sum(rows, axis=1), -math.inf), lead_shape)
     else:
-        _, lse, _ = engine.rows(xp, rows, want_loss=False, want_lse=True, n_threads=n_threads)
+        _, lse, _ = engine.rows(xp, RowJob(rows, want_loss=False, want_lse=True,
+                                           n_threads=n_threads))
         lse = xp.reshape(xp.astype(lse, x.dtype, copy=False), lead_shape)
-    return xp.expand_dims(lse, axis=ax) if keepdims else lse
+    return (xp.expand_dims(lse, axis=ax) if keepdims else lse), ax

@@ -3,61 +3,17 @@
 
 Only the CPU engine (``xentc._engines.cpu``) calls this module; it has already
 validated arguments and arranged every array as the C API expects (rows with
-contiguous classes, int64 targets, weights in the logits' dtype).
+contiguous classes, int64 targets, weights in the logits' dtype). The C
+declarations are in ``_core.pxd``.
 """
+import numpy as np
 from libc.stdint cimport int64_t
 from cython cimport floating
 
 
-cdef extern from "xentc.h" nogil:
-    ctypedef struct xentc_rows:
-        int64_t n_rows
-        int64_t n_classes
-        const void *x
-        int64_t x_stride
-        const int64_t *target
-        const void *soft
-        int64_t soft_stride
-        const void *weight
-        int64_t ignore_index
-        double label_smoothing
-        void *loss
-        void *lse
-        int out_kind
-        void *out
-        int64_t out_stride
-        double grad_scale
-        const void *grad_row_scale
-
-    int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA
-    int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
-    int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
-    ctypedef struct xentc_proba:
-        int64_t n_rows
-        int64_t n_classes
-        const void *p
-        int64_t p_stride
-        const int64_t *target
-        void *row_sum
-        void *picked
-        double lo
-        double hi
-
-    int xentc_proba_f32(xentc_proba *proba, int n_threads, int64_t *bad_row)
-    int xentc_proba_f64(xentc_proba *proba, int n_threads, int64_t *bad_row)
-    int xentc_targets(const int64_t *target, int64_t n, int64_t n_classes,
-                      int64_t ignore_index, const double *weight, double *total,
-                      int64_t *bad_row)
-    int xentc_openmp_enabled()
-    int xentc_default_threads()
-    const char *xentc_compiled_isas()
-    const char *xentc_isa()
-    int xentc_set_isa(const char *name)
-    void xentc_exp_f32(const float *inp, float *out, int64_t n)
-    void xentc_exp_f64(const double *inp, double *out, int64_t n)
-
-
-OUT_NONE, OUT_LOG_SOFTMAX, OUT_SOFTMAX, OUT_GRAD = 0, 1, 2, 3
+# RowJob.out_kind -> xentc_out_kind
+_OUT_KINDS = {"none": XENTC_OUT_NONE, "log_softmax": XENTC_OUT_LOG_SOFTMAX,
+              "softmax": XENTC_OUT_SOFTMAX, "grad": XENTC_OUT_GRAD}
 
 
 cdef int64_t _row_stride(str name, Py_ssize_t[:] strides, Py_ssize_t itemsize,
@@ -101,41 +57,69 @@ cdef const void *_matrix(str name, const floating[:, :] a, int64_t n, int64_t c,
     return &a[0, 0]
 
 
-def rows(const floating[:, :] x, const int64_t[::1] target=None,
-         const floating[:, :] soft=None, const floating[::1] weight=None,
-         int64_t ignore_index=-100, double label_smoothing=0.0,
-         floating[::1] loss=None, floating[::1] lse=None,
-         int out_kind=OUT_NONE, floating[:, :] out=None,
-         double grad_scale=1.0, const floating[::1] grad_row_scale=None,
-         int n_threads=0):
-    """Run the fused row kernel over every row of `x`; see ``xentc_rows`` in xentc.h.
+def rows(job):
+    """Run the fused row kernel over every row of ``job.x``; see ``xentc_rows`` in xentc.h.
 
-    Outputs are written into the given arrays. Raises IndexError for a
-    target outside ``[0, C)`` that is not `ignore_index`.
+    Parameters
+    ----------
+    job : xentc._engines.RowJob
+        Of NumPy arrays laid out for the C API: float32 or float64 `x`
+        (`soft`, `out` alike, `weight` and `grad_row_scale` in x's dtype),
+        int64 `target`; `out` is required for a second result.
+
+    Returns
+    -------
+    tuple
+        ``(loss, lse)``: new (M,) arrays in x's dtype, None where not asked
+        for; the second result is written into ``job.out``.
+
+    Raises
+    ------
+    IndexError
+        For a target outside ``[0, C)`` that is not ``job.ignore_index``.
     """
+    x = job.x
+    if x.dtype == np.float32:
+        return _rows[float](job, x)
+    return _rows[double](job, x)
+
+
+cdef tuple _rows(job, const floating[:, :] x):
+    """`rows` for one dtype: each field of `job` into its field of the C struct."""
     cdef xentc_rows r
     cdef int64_t n = x.shape[0], c = x.shape[1], bad = -1
     cdef int status
+    cdef const int64_t[::1] target = job.target
+    cdef const floating[:, :] soft = job.soft
+    cdef const floating[::1] weight = job.weight
+    cdef const floating[::1] grad_row_scale = job.grad_row_scale
+    cdef floating[:, :] out = job.out
+    cdef floating[::1] loss_view = None, lse_view = None
+    cdef int n_threads = 0 if job.n_threads is None else job.n_threads
+    dtype = np.float32 if floating is float else np.float64
+    loss = np.empty(n, dtype) if job.has_loss else None
+    lse = np.empty(n, dtype) if job.want_lse else None
+    loss_view, lse_view = loss, lse
     r.n_rows = n
     r.n_classes = c
     r.x_stride = c
     r.soft_stride = 0
+    r.out_stride = 0
     r.x = _matrix("input", x, n, c, &r.x_stride)
     r.target = _targets(target, n)
-    r.ignore_index = ignore_index
-    r.label_smoothing = label_smoothing
-    r.out_kind = out_kind
-    r.out = NULL
-    r.out_stride = 0
-    r.grad_scale = grad_scale
     r.soft = _matrix("target", soft, n, c, &r.soft_stride)
     r.weight = _vector("weight", weight, c)
-    r.loss = <void *>_vector("loss", loss, n)
-    r.lse = <void *>_vector("lse", lse, n)
-    if out_kind != OUT_NONE:
+    r.ignore_index = job.ignore_index
+    r.label_smoothing = job.label_smoothing
+    r.loss = <void *>_vector("loss", loss_view, n)
+    r.lse = <void *>_vector("lse", lse_view, n)
+    r.out_kind = _OUT_KINDS[job.out_kind]
+    r.out = NULL
+    if r.out_kind != XENTC_OUT_NONE:
         if out is None:
             raise ValueError("out is required for this out_kind")
         r.out = <void *>_matrix("out", out, n, c, &r.out_stride)
+    r.grad_scale = job.grad_scale
     r.grad_row_scale = _vector("grad_output", grad_row_scale, n)
     with nogil:
         if floating is float:
@@ -143,6 +127,7 @@ def rows(const floating[:, :] x, const int64_t[::1] target=None,
         else:
             status = xentc_rows_f64(&r, n_threads, &bad)
     _check(status, target, bad, c)
+    return loss, lse
 
 
 cdef int _check(int status, const int64_t[::1] target, int64_t bad, int64_t n_classes) except -1:
@@ -201,7 +186,6 @@ def targets(const int64_t[::1] target, int64_t n_classes, int64_t ignore_index=-
 
 def exp(const floating[::1] a):
     """Vectorized exp of the active ISA (inputs must be <= 0); returns a new array."""
-    import numpy as np
     res = np.empty(a.shape[0], dtype=np.float32 if floating is float else np.float64)
     cdef floating[::1] out = res
     if a.shape[0] == 0:

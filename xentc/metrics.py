@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _dispatch
-from ._api import _n_threads
+from ._args import n_threads as _n_threads
+from ._engines import RowJob
 
 __all__ = ["InvalidParameterError", "log_loss"]
 
@@ -518,8 +519,8 @@ def _logit_losses(xp, engine, rows, target, indicator, p, n_threads):
         rows = xp.concat([xp.zeros_like(rows), rows], axis=1)
     if indicator is not None:
         soft = xp.astype(_to(xp, indicator, p), p.dtype)
-        return engine.rows(xp, rows, soft=soft, n_threads=n_threads)[0]
-    return engine.rows(xp, rows, target=target, n_threads=n_threads)[0]
+        return engine.rows(xp, RowJob(rows, soft=soft, n_threads=n_threads))[0]
+    return engine.rows(xp, RowJob(rows, target=target, n_threads=n_threads))[0]
 
 
 def _sum_dtype(xp):

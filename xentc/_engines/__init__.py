@@ -1,39 +1,39 @@
 """Engines: the code that computes the per-row quantities of a batch.
 
-Every engine exposes the same call, so the API layer is written once::
+Every engine takes the same `RowJob` (``_job``), so the API layer is written
+once and a new option is one field of the job::
 
-    engine.rows(xp, x, *, target=None, soft=None, weight=None,
-                ignore_index=-100, label_smoothing=0.0, want_loss=True,
-                want_lse=False, out_kind="none", grad_scale=1.0,
-                grad_row_scale=None, out=None, n_threads=None)
-        -> (loss, lse, out)
+    engine.rows(xp, job) -> (loss, lse, out)
 
-``x`` is an (M, C) array of namespace ``xp`` (classes on the last axis),
-``target`` (M,) int64 class indices already checked to lie in ``[0, C)`` or
-equal ``ignore_index``, ``soft`` (M, C) class probabilities, ``weight`` (C,)
-in x's dtype. Per row (``lse`` = log-sum-exp of the row, ``e`` =
-label_smoothing, ``w`` = weight or ones)::
+``job.x`` is an (M, C) array of namespace ``xp`` (classes on the last axis),
+``job.target`` (M,) int64 class indices already checked to lie in ``[0, C)``
+or equal ``ignore_index``, ``job.soft`` (M, C) class probabilities,
+``job.weight`` (C,) in the accumulation dtype. Per row (``lse`` = log-sum-exp
+of the row, ``e`` = label_smoothing, ``w`` = weight or ones)::
 
     loss = (1 - e) * w[y] * (lse - x[y]) + e / C * sum_c w[c] * (lse - x[c])
     loss = 0                                          where y == ignore_index
     loss = sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c])  (soft q)
 
-``out_kind`` asks for a second (M, C) result: "log_softmax", "softmax" or
-"grad" (the gradient of ``grad_scale * grad_row_scale[i] * loss[i]`` with
-respect to x; rows with ``y == ignore_index`` are zero). ``out`` may be given
-as the destination, including ``x`` itself. Results are in ``xp``: ``out``
-in x's dtype, ``loss`` and ``lse`` in the accumulation dtype (float32 for
-float16 / bfloat16 ``x``, else x's dtype; ``weight`` and ``grad_row_scale``
-come in that dtype too); entries not asked for are None.
+``job.out_kind`` asks for a second (M, C) result: "log_softmax", "softmax"
+or "grad" (the gradient of ``grad_scale * grad_row_scale[i] * loss[i]`` with
+respect to x; rows with ``y == ignore_index`` are zero). ``job.out`` may be
+given as the destination, including ``x`` itself. Results are in ``xp``:
+``out`` in x's dtype, ``loss`` and ``lse`` in the accumulation dtype
+(float32 for float16 / bfloat16 ``x``, else x's dtype; ``weight`` and
+``grad_row_scale`` come in that dtype too); entries not asked for are None.
 
-Before any row is read, the API layer calls::
+Before any row of a job with class targets is read, the API layer calls::
 
-    engine.targets(xp, target, n_classes, ignore_index, weight) -> float
+    engine.targets(xp, job) -> (job, denominator)
 
 which raises IndexError ("`target` value V out of range for C classes") for
-a target outside ``[0, C)`` that is not ``ignore_index``, and returns the sum
-of ``weight[target]`` over the other targets (their count when ``weight`` is
-None): the denominator of the mean.
+a target outside ``[0, C)`` that is not ``ignore_index``, and returns the
+job with its target and weight already in the engine's own form (host or
+device arrays: the caller passes that job on to ``rows`` and reads nothing
+from it, so each is converted once) and the sum of ``weight[target]`` over
+the other targets (their count when ``weight`` is None): the denominator of
+the mean, a Python float.
 
 Each engine also has ``name`` and ``accepts(xp, device_key, explicit)``:
 whether it can serve arrays of ``xp`` on that device, ``explicit`` being
@@ -52,5 +52,6 @@ smallest and largest entry of ``p``, NaN when ``p`` holds a NaN; ``total`` is
 (M,), the row sums in p's dtype; ``picked`` is (M,), ``p[i, target[i]]``, or
 None without ``target``; both in ``xp``.
 """
+from ._job import OUT_KINDS, RowJob
 
-OUT_KINDS = ("none", "log_softmax", "softmax", "grad")
+__all__ = ["OUT_KINDS", "RowJob"]

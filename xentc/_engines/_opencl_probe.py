@@ -202,6 +202,7 @@ def _smoke(queue, dtype):
     import pyopencl.array as cla
 
     from . import opencl
+    from ._job import RowJob
     from ._opencl_array import RED_MAX, reduce
 
     acc = np.float32 if dtype == np.float16 else dtype
@@ -228,16 +229,16 @@ def _smoke(queue, dtype):
             xp = None  # pyopencl arrays: the engine takes their queue, not a namespace
             for soft in (False, True):
                 e = 0.1
-                loss, lse, grad = opencl.rows(
-                    xp, cx, target=None if soft else dev(t), soft=dev(q, dtype) if soft else None,
+                loss, lse, grad = opencl.rows(xp, RowJob(
+                    cx, target=None if soft else dev(t), soft=dev(q, dtype) if soft else None,
                     weight=cw, ignore_index=-1, label_smoothing=e, want_lse=True,
-                    out_kind="grad")
+                    out_kind="grad"))
                 want = _reference(x, None if soft else t, q if soft else None, w, e)
                 close(f"loss of {n}x{c} rows", loss.get(), want[0])
                 live = np.ones(n, bool) if soft else t >= 0
                 close(f"lse of {n}x{c} rows", lse.get()[live], want[1][live])
                 close(f"gradient of {n}x{c} rows", grad.get(), want[2])
-            total = opencl.targets(xp, dev(t), c, -1, cw)
+            _, total = opencl.targets(xp, RowJob(cx, target=dev(t), weight=cw, ignore_index=-1))
             close(f"target weights of {n} rows", total, w[t[t >= 0]].sum())
             p = (np.abs(x) / np.abs(x).sum(axis=1, keepdims=True)).astype(dtype)
             pick = np.maximum(t, 0)

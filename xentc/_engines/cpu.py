@@ -12,9 +12,6 @@ from .. import _core
 
 name = "cpu"
 
-_OUT_KINDS = {"none": _core.OUT_NONE, "log_softmax": _core.OUT_LOG_SOFTMAX,
-              "softmax": _core.OUT_SOFTMAX, "grad": _core.OUT_GRAD}
-
 # float32 elements per block of half-precision rows: the widened block is
 # still in L2 cache when the kernel reads it.
 _HALF_BLOCK = 1 << 17
@@ -42,77 +39,68 @@ def _row_contiguous(a):
 
 def _rows_layout(a):
     """`a` as a 2-D array whose rows have contiguous elements (copied only if not)."""
-    return a if _row_contiguous(a) else np.ascontiguousarray(a)
+    return a if a is None or _row_contiguous(a) else np.ascontiguousarray(a)
 
 
-def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
-         label_smoothing=0.0, want_loss=True, want_lse=False, out_kind="none",
-         grad_scale=1.0, grad_row_scale=None, out=None, n_threads=None):
+def _vector(a):
+    """The 1-D CPU array `a` as contiguous NumPy (its dtype is already the C API's)."""
+    return None if a is None else np.ascontiguousarray(_host(a))
+
+
+def rows(xp, job):
     """Per-row loss / lse / second result through the C core; see ``xentc._engines``."""
-    want_loss = want_loss and (target is not None or soft is not None)
-    if target is not None:
-        target = np.ascontiguousarray(_host(target), dtype=np.int64)
-    kw = dict(weight=None if weight is None else np.ascontiguousarray(_host(weight)),
-              ignore_index=ignore_index, label_smoothing=label_smoothing, out_kind=out_kind,
-              grad_scale=grad_scale, n_threads=0 if n_threads is None else n_threads)
-    if x.dtype in (xp.float32, xp.float64):
-        hx = _host(x)
+    if job.x.dtype in (xp.float32, xp.float64):
+        out, hx = job.out, _host(job.x)
         hout = None if out is None else _host(out)
-        if out_kind != "none" and out is None:
+        if job.out_kind != "none" and out is None:
             hout = np.empty(hx.shape, hx.dtype)
-        loss, lse = _host_rows(hx, target, _host(soft), _host(grad_row_scale), hout,
-                               want_loss, want_lse, **kw)
-        res = None if out_kind == "none" else (out if out is not None else _back(xp, hout))
+        loss, lse = _host_rows(job, hx, _host(job.soft), hout)
+        res = None if job.out_kind == "none" else (out if out is not None else _back(xp, hout))
     else:
-        loss, lse, res = _half_rows(xp, x, target, soft, grad_row_scale, out, want_loss,
-                                    want_lse, **kw)
+        loss, lse, res = _half_rows(xp, job)
     return _back(xp, loss), _back(xp, lse), res
 
 
-def _host_rows(x, target, soft, grad_row_scale, out, want_loss, want_lse, *, weight,
-               ignore_index, label_smoothing, out_kind, grad_scale, n_threads):
-    """The C core on NumPy arrays; writes `out` and returns (loss, lse)."""
+def _host_rows(job, x, soft, out):
+    """The C core on `job` with its (M, C) arrays given as NumPy `x`, `soft` and `out`;
+    writes `out` and returns (loss, lse) as NumPy arrays."""
     x = _rows_layout(x)
-    n_rows, dtype = x.shape[0], x.dtype
-    if soft is not None:
-        soft = _rows_layout(soft)
-    if grad_row_scale is not None:
-        grad_row_scale = np.ascontiguousarray(grad_row_scale, dtype=dtype)
     dest = out
     if out is not None:
-        if out.shape != x.shape or out.dtype != dtype or not out.flags.writeable:
-            raise ValueError(f"`out` must be a writable {x.shape} array of dtype {dtype}, "
+        if out.shape != x.shape or out.dtype != x.dtype or not out.flags.writeable:
+            raise ValueError(f"`out` must be a writable {x.shape} array of dtype {x.dtype}, "
                              f"got {out.shape} {out.dtype}")
         if not _row_contiguous(out):  # the kernel writes contiguous rows
             dest = np.empty_like(x)
-    loss = np.empty(n_rows, dtype) if want_loss else None
-    lse = np.empty(n_rows, dtype) if want_lse else None
-    _core.rows(x, target, soft, weight, ignore_index, label_smoothing, loss, lse,
-               _OUT_KINDS[out_kind], dest, grad_scale, grad_row_scale, n_threads)
+    # One job for the C struct: every array in its layout, the vectors as NumPy
+    # (no copy for those that `targets` converted already).
+    loss, lse = _core.rows(job.replace(
+        x=x, target=_vector(job.target), soft=_rows_layout(soft), weight=_vector(job.weight),
+        grad_row_scale=_vector(job.grad_row_scale), out=dest))
     if dest is not out:
         out[...] = dest
     return loss, lse
 
 
-def _half_rows(xp, x, target, soft, grad_row_scale, out, want_loss, want_lse, **kw):
+def _half_rows(xp, job):
     """float16 / bfloat16 rows: each block widened to float32 in the caller's
     namespace (NumPy has no bfloat16), run, and its second result narrowed back."""
+    x = job.x
     n_rows, n_classes = x.shape
-    loss = np.empty(n_rows, np.float32) if want_loss else None
-    lse = np.empty(n_rows, np.float32) if want_lse else None
-    res = out
-    if kw["out_kind"] != "none" and res is None:
+    loss = np.empty(n_rows, np.float32) if job.has_loss else None
+    lse = np.empty(n_rows, np.float32) if job.want_lse else None
+    res = job.out
+    if job.out_kind != "none" and res is None:
         res = xp.empty(x.shape, dtype=x.dtype, device=_device(x))
     step = max(1, _HALF_BLOCK // n_classes)
     for start in range(0, n_rows, step):
         sl = slice(start, min(start + step, n_rows))
-        xb = _host(xp.astype(x[sl, :], xp.float32))
-        sb = None if soft is None else _host(xp.astype(soft[sl, :], xp.float32))
+        block = job.block(sl)
+        xb = _host(xp.astype(block.x, xp.float32))
         ob = None if res is None else np.empty_like(xb)
         lb, sb_lse = _host_rows(
-            xb, None if target is None else target[sl], sb,
-            None if grad_row_scale is None else _host(grad_row_scale)[sl], ob,
-            want_loss, want_lse, **kw)
+            block, xb, None if block.soft is None else _host(xp.astype(block.soft, xp.float32)),
+            ob)
         if loss is not None:
             loss[sl] = lb
         if lse is not None:
@@ -122,11 +110,12 @@ def _half_rows(xp, x, target, soft, grad_row_scale, out, want_loss, want_lse, **
     return loss, lse, res
 
 
-def targets(xp, target, n_classes, ignore_index, weight):
+def targets(xp, job):
     """Check class targets and sum their weights in one C pass; see ``xentc._engines``."""
-    w = None if weight is None else np.ascontiguousarray(_host(weight), dtype=np.float64)
-    return _core.targets(np.ascontiguousarray(_host(target), dtype=np.int64), n_classes,
-                         ignore_index, w)
+    job = job.replace(target=_vector(job.target), weight=_vector(job.weight))
+    # The C sum runs in double: an O(C) copy, apart from the job's weight.
+    w = None if job.weight is None else job.weight.astype(np.float64)
+    return job, _core.targets(job.target, job.x.shape[1], job.ignore_index, w)
 
 
 def accepts(xp, device, explicit):

@@ -17,9 +17,10 @@ name = "generic"
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
-                grad_scale, grad_row_scale):
-    """Loss, lse and the second result for one block of rows."""
+def _block_rows(xp, job):
+    """Loss, lse and the second result for the rows of `job` (one block)."""
+    x, target, soft, weight = job.x, job.target, job.soft, job.weight
+    e, grad_row_scale = job.label_smoothing, job.grad_row_scale
     n_classes = x.shape[1]
     m = xp.max(x, axis=1, keepdims=True)
     # torch.logsumexp shifts by 0 where the max is infinite, so a row with
@@ -38,7 +39,7 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
     w = xp.ones(n_classes, dtype=x.dtype, device=device(x)) if weight is None else weight
     loss = coef = keep = None
     if target is not None:
-        keep = target != ignore_index
+        keep = target != job.ignore_index
         safe = xp.where(keep, target, xp.zeros_like(target))[:, None]
         w_y = xp.take(w, safe[:, 0])
         nll = -xp.take_along_axis(d, safe, axis=1)[:, 0] + ls[:, 0]
@@ -51,12 +52,12 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
         loss = xp.sum(coef * (ls - d), axis=1)
 
     out = None
-    if out_kind == "log_softmax":
+    if job.out_kind == "log_softmax":
         out = d - ls
-    elif out_kind == "softmax":
+    elif job.out_kind == "softmax":
         out = xp.exp(d - ls)
-    elif out_kind == "grad":
-        g = xp.full_like(x[:, :1], grad_scale)
+    elif job.out_kind == "grad":
+        g = xp.full_like(x[:, :1], job.grad_scale)
         if grad_row_scale is not None:
             g = g * grad_row_scale[:, None]
         p = xp.exp(d - ls)
@@ -72,41 +73,34 @@ def _block_rows(xp, x, target, soft, weight, ignore_index, e, out_kind,
     return loss, lse, out
 
 
-def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
-         label_smoothing=0.0, want_loss=True, want_lse=False, out_kind="none",
-         grad_scale=1.0, grad_row_scale=None, out=None, n_threads=None):
+def rows(xp, job):
     """Per-row loss / lse / second result; see ``xentc._engines``."""
-    n_rows, n_classes = x.shape
-    step = max(1, _BLOCK_ELEMENTS // max(n_classes, 1))
     # NumPy would warn on inf - inf and the like, which are part of torch's
     # semantics here; other namespaces ignore NumPy's error state.
     with np.errstate(all="ignore"):
-        return _rows(xp, x, target, soft, weight, ignore_index, label_smoothing,
-                     want_loss, want_lse, out_kind, grad_scale, grad_row_scale, out, step)
+        return _rows(xp, job)
 
 
-def _rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss,
-          want_lse, out_kind, grad_scale, grad_row_scale, out, step):
-    n_rows = x.shape[0]
+def _rows(xp, job):
+    x = job.x
+    n_rows, n_classes = x.shape
+    step = max(1, _BLOCK_ELEMENTS // max(n_classes, 1))
     # Half-precision storage is summed in float32, a block at a time.
     half = x.dtype not in (xp.float32, xp.float64)
-    res = out
-    if out_kind != "none" and res is None and _mutable(xp):
+    res = job.out
+    if job.out_kind != "none" and res is None and _mutable(xp):
         res = xp.empty(x.shape, dtype=x.dtype, device=device(x))
     parts = []
     # range(max(n, 1)): with no rows, one run on the empty arrays still
     # gives results of the right shapes and dtypes.
     for start in range(0, max(n_rows, 1), step):
         sl = slice(start, min(start + step, n_rows))
-        xb = x[sl, :]
-        sb = None if soft is None else soft[sl, :]
+        block = job.block(sl)
         if half:
-            xb = xp.astype(xb, xp.float32)
-            sb = None if sb is None else xp.astype(sb, xp.float32)
-        loss, lse, ob = _block_rows(
-            xp, xb, None if target is None else target[sl], sb, weight, ignore_index,
-            label_smoothing, out_kind, grad_scale,
-            None if grad_row_scale is None else grad_row_scale[sl])
+            block = block.replace(
+                x=xp.astype(block.x, xp.float32),
+                soft=None if block.soft is None else xp.astype(block.soft, xp.float32))
+        loss, lse, ob = _block_rows(xp, block)
         if ob is not None:
             ob = xp.astype(ob, x.dtype, copy=False)
             if res is not None:  # written in place: no second (rows, classes) array
@@ -119,9 +113,9 @@ def _rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss,
             return None
         return parts[0][k] if len(parts) == 1 else xp.concat([p[k] for p in parts])
 
-    if out_kind != "none" and res is None:
+    if job.out_kind != "none" and res is None:
         res = join(2)
-    return (join(0) if want_loss else None), (join(1) if want_lse else None), res
+    return (join(0) if job.want_loss else None), (join(1) if job.want_lse else None), res
 
 
 def _mutable(xp):
@@ -129,17 +123,18 @@ def _mutable(xp):
     return not xp.__name__.startswith("jax")
 
 
-def targets(xp, target, n_classes, ignore_index, weight):
+def targets(xp, job):
     """Check class targets and sum their weights; see ``xentc._engines``."""
-    keep = target != ignore_index
+    target, weight, n_classes = job.target, job.weight, job.x.shape[1]
+    keep = target != job.ignore_index
     safe = xp.where(keep, target, xp.zeros_like(target))
     if target.shape[0] and (int(xp.min(safe)) < 0 or int(xp.max(safe)) >= n_classes):
         value = int(safe[(safe < 0) | (safe >= n_classes)][0])
         raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
     if weight is None:
-        return float(xp.count_nonzero(keep))
+        return job, float(xp.count_nonzero(keep))
     w_y = xp.take(weight, safe)
-    return float(xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y))))
+    return job, float(xp.sum(xp.where(keep, w_y, xp.zeros_like(w_y))))
 
 
 def accepts(xp, device, explicit):

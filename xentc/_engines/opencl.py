@@ -29,11 +29,11 @@ import numpy as np
 
 from . import _opencl_array as ca
 from . import _opencl_runtime as rt
+from ._job import OUT_KINDS
 from ._opencl_array import namespace  # noqa: F401  (part of the engine's interface)
 
 name = "opencl"
 
-_OUT_KINDS = {"none": 0, "log_softmax": 1, "softmax": 2, "grad": 3}
 _HAS_TARGET, _HAS_SOFT, _HAS_WEIGHT, _HAS_LOSS, _HAS_LSE, _HAS_ROW_SCALE = 1, 2, 4, 8, 16, 32
 # CPU devices take a row per work-item (their SIMD is in VEC, and trees across
 # work-items only cost there).
@@ -157,9 +157,8 @@ def accepts(xp, device, explicit):
 
 def _rows_layout(a):
     """(array, row stride in elements) with each row's elements contiguous (copied if not)."""
-    size = a.dtype.itemsize
-    if (a.shape[1] <= 1 or a.strides[1] == size) and a.strides[0] % size == 0:
-        return a, a.strides[0] // size
+    if _row_strided(a):
+        return a, a.strides[0] // a.dtype.itemsize
     return ca.copy_into(rt.empty(a, a.shape), a), a.shape[1]
 
 
@@ -172,84 +171,92 @@ def _lanes_per_row(device, n_classes, group, vec):
     return min(group, 1 << (want - 1).bit_length())
 
 
-def _device_rows(x, target, soft, weight, ignore_index, label_smoothing, want_loss, want_lse,
-                 out_kind, grad_scale, grad_row_scale, out):
-    """`rows` for pyopencl arrays, on x's queue."""
+def _vector(a, dtype):
+    """The 1-D pyopencl array `a` contiguous in `dtype`, as the kernels read it (a copy only
+    for a caller that did not convert it already)."""
+    return None if a is None else ca.as_type(a, np.dtype(dtype))
+
+
+def _device_rows(job):
+    """`rows` for a job of pyopencl arrays, on x's queue."""
+    x = job.x
     queue, dtype = x.queue, np.dtype(x.dtype)
     if dtype.kind != "f":
         raise TypeError(f"`x` must be a floating-point array, got dtype {dtype}")
     rt.check_dtype(queue.device, dtype)
     acc = rt.acc_dtype(dtype)
     n_rows, n_classes = x.shape
-    x, x_stride = _rows_layout(x)
-    if target is not None:
-        target = ca.as_type(target, np.dtype(np.int64))
-    q_stride = 0
-    if soft is not None:
-        soft, q_stride = _rows_layout(soft if soft.dtype == dtype else ca.as_type(soft, dtype))
-    weight = None if weight is None else ca.as_type(weight, acc)
-    grad_row_scale = None if grad_row_scale is None else ca.as_type(grad_row_scale, acc)
-    loss = (rt.empty(x, (n_rows,), acc)
-            if want_loss and (target is not None or soft is not None) else None)
-    lse = rt.empty(x, (n_rows,), acc) if want_lse else None
-    res, out_stride = None, 0
-    if out_kind != "none":
+    soft = job.soft
+    if soft is not None and soft.dtype != dtype:
+        soft = ca.as_type(soft, dtype)
+    job = job.replace(target=_vector(job.target, np.int64), soft=soft,
+                      weight=_vector(job.weight, acc),
+                      grad_row_scale=_vector(job.grad_row_scale, acc))
+    loss = rt.empty(x, (n_rows,), acc) if job.has_loss else None
+    lse = rt.empty(x, (n_rows,), acc) if job.want_lse else None
+    out, res = job.out, None
+    if job.out_kind != "none":
         if out is not None and (tuple(out.shape) != (n_rows, n_classes) or out.dtype != dtype):
             raise ValueError(f"`out` must have shape {(n_rows, n_classes)} and dtype {dtype}, "
                              f"got {tuple(out.shape)} and {out.dtype}")
-        if out is not None and (n_classes <= 1 or out.strides[1] == dtype.itemsize) \
-                and out.strides[0] % dtype.itemsize == 0:
-            res, out_stride = out, out.strides[0] // dtype.itemsize
-        else:  # a new array; copied into a strided `out` at the end
-            res, out_stride = rt.empty(x, (n_rows, n_classes)), n_classes
-
+        res = out if out is not None and _row_strided(out) else rt.empty(x, (n_rows, n_classes))
     if n_rows:
-        e = float(label_smoothing)
-        flags = ((_HAS_TARGET if target is not None else 0) | (_HAS_SOFT if soft is not None else 0)
-                 | (_HAS_WEIGHT if weight is not None else 0)
-                 | (_HAS_LOSS if loss is not None else 0) | (_HAS_LSE if lse is not None else 0)
-                 | (_HAS_ROW_SCALE if grad_row_scale is not None else 0))
         prog = rt.program(queue.context, queue.device, dtype)
         group = prog.kernels["xentc_rows"][1]
         lanes = _lanes_per_row(queue.device, n_classes, group, prog.vec)
-        rt.launch(queue, dtype, "xentc_rows", -(-n_rows // (group // lanes)), (
-            np.int64(n_rows), np.int64(n_classes), np.uint32(lanes),
-            *rt.buf(x), np.int64(x_stride),
-            *rt.buf(target), np.int64(ignore_index),
-            *rt.buf(soft), np.int64(q_stride),
-            *rt.buf(weight),
-            acc.type(e), acc.type(1.0 - e), acc.type(e / n_classes),
-            *rt.buf(loss), *rt.buf(lse),
-            np.int32(_OUT_KINDS[out_kind]), *rt.buf(res), np.int64(out_stride),
-            acc.type(grad_scale), *rt.buf(grad_row_scale),
-            np.int32(flags)), [x, target, soft, weight, grad_row_scale, res], [loss, lse, res])
+        args, inputs = _rows_args(job, acc, lanes, loss, lse, res)
+        rt.launch(queue, dtype, "xentc_rows", -(-n_rows // (group // lanes)), args, inputs,
+                  [loss, lse, res])
     if out is not None and res is not None and res is not out:
-        res = ca.copy_into(out, res)
+        res = ca.copy_into(out, res)  # a new array: copied into a strided `out`
     return loss, lse, res
 
 
-def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
-         label_smoothing=0.0, want_loss=True, want_lse=False, out_kind="none",
-         grad_scale=1.0, grad_row_scale=None, out=None, n_threads=None):
+def _row_strided(a):
+    """Whether each row of the 2-D pyopencl array `a` has its elements contiguous."""
+    size = a.dtype.itemsize
+    return (a.shape[1] <= 1 or a.strides[1] == size) and a.strides[0] % size == 0
+
+
+def _rows_args(job, acc, lanes, loss, lse, res):
+    """The positional arguments of the ``xentc_rows`` kernel (its ABI, in
+    ``_opencl_source``) from `job`, and the arrays it reads."""
+    x, x_stride = _rows_layout(job.x)
+    soft, q_stride = (None, 0) if job.soft is None else _rows_layout(job.soft)
+    n_rows, n_classes = x.shape
+    e = float(job.label_smoothing)
+    flags = ((_HAS_TARGET if job.target is not None else 0)
+             | (_HAS_SOFT if soft is not None else 0)
+             | (_HAS_WEIGHT if job.weight is not None else 0)
+             | (_HAS_LOSS if loss is not None else 0) | (_HAS_LSE if lse is not None else 0)
+             | (_HAS_ROW_SCALE if job.grad_row_scale is not None else 0))
+    args = (np.int64(n_rows), np.int64(n_classes), np.uint32(lanes),
+            *rt.buf(x), np.int64(x_stride),
+            *rt.buf(job.target), np.int64(job.ignore_index),
+            *rt.buf(soft), np.int64(q_stride),
+            *rt.buf(job.weight),
+            acc.type(e), acc.type(1.0 - e), acc.type(e / n_classes),
+            *rt.buf(loss), *rt.buf(lse),
+            np.int32(OUT_KINDS.index(job.out_kind)), *rt.buf(res),
+            np.int64(0 if res is None else res.strides[0] // res.dtype.itemsize),
+            acc.type(job.grad_scale), *rt.buf(job.grad_row_scale),
+            np.int32(flags))
+    return args, [x, job.target, soft, job.weight, job.grad_row_scale, res]
+
+
+def rows(xp, job):
     """Per-row loss / lse / second result on an OpenCL device; see ``xentc._engines``.
 
     Parameters
     ----------
     xp : namespace
-        The namespace of `x`: the OpenCL namespace for pyopencl arrays, or
-        that of CPU arrays (``backend="opencl"``), which are copied to the
+        The namespace of ``job.x``: the OpenCL namespace for pyopencl arrays,
+        or that of CPU arrays (``backend="opencl"``), which are copied to the
         default queue through NumPy (DLPack) and the results copied back.
-    x : array
-        (M, C) logits: float16 (storage; float32 arithmetic), float32, or
-        float64 where the device has it.
-    target, soft, weight, ignore_index, label_smoothing, want_loss, want_lse
-        As in ``xentc._engines``.
-    out_kind : {"none", "log_softmax", "softmax", "grad"}
-        The second (M, C) result.
-    grad_scale, grad_row_scale, out
-        As in ``xentc._engines``; `out` may be `x` itself.
-    n_threads : int, optional
-        Accepted for the shared signature; the device sets its own parallelism.
+    job : RowJob
+        Its `x` (M, C) logits: float16 (storage; float32 arithmetic),
+        float32, or float64 where the device has it; `out` may be `x`
+        itself; `n_threads` is ignored (the device sets its own parallelism).
 
     Returns
     -------
@@ -257,14 +264,10 @@ def rows(xp, x, *, target=None, soft=None, weight=None, ignore_index=-100,
         ``(loss, lse, out)`` as pyopencl arrays on x's queue (arrays of `xp`
         for CPU input), None where not asked for.
     """
-    if out_kind not in _OUT_KINDS:
-        raise ValueError(f"`out_kind` must be one of {tuple(_OUT_KINDS)}, got {out_kind!r}")
     rt.require()
-    if rt.is_cl(x):
-        return _device_rows(x, target, soft, weight, ignore_index, label_smoothing, want_loss,
-                            want_lse, out_kind, grad_scale, grad_row_scale, out)
-    return _host_rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss,
-                      want_lse, out_kind, grad_scale, grad_row_scale, out)
+    if rt.is_cl(job.x):
+        return _device_rows(job)
+    return _host_rows(xp, job)
 
 
 def _host_to_device(queue, xp, a, widen):
@@ -272,8 +275,8 @@ def _host_to_device(queue, xp, a, widen):
 
     With `widen`, floating arrays go as float32 (for dtypes NumPy lacks: bfloat16).
     """
-    if a is None:
-        return None
+    if a is None or rt.is_cl(a):  # already there (a job's targets, after `targets`)
+        return a
     if widen and xp.isdtype(a.dtype, "real floating"):
         a = xp.astype(a, xp.float32)
     if not isinstance(a, np.ndarray):
@@ -297,43 +300,42 @@ def _widened(xp, dtype):
     return dtype not in (xp.float16, xp.float32, xp.float64)
 
 
-def _host_rows(xp, x, target, soft, weight, ignore_index, label_smoothing, want_loss, want_lse,
-               out_kind, grad_scale, grad_row_scale, out):
+def _host_rows(xp, job):
     """`rows` for CPU arrays: copied to the default queue, the results copied back to `xp`."""
     queue = rt.default_queue()
-    wide = _widened(xp, x.dtype)  # `out` comes back in x's dtype
-    loss, lse, res = _device_rows(
-        *(_host_to_device(queue, xp, a, wide) for a in (x, target, soft, weight)), ignore_index,
-        label_smoothing, want_loss, want_lse, out_kind, grad_scale,
-        _host_to_device(queue, xp, grad_row_scale, wide), None)
+    wide = _widened(xp, job.x.dtype)  # `out` comes back in x's dtype
+
+    def dev(a):
+        return _host_to_device(queue, xp, a, wide)
+
+    loss, lse, res = _device_rows(job.replace(
+        x=dev(job.x), target=_host_to_device(queue, xp, job.target, False), soft=dev(job.soft),
+        weight=dev(job.weight), grad_row_scale=dev(job.grad_row_scale), out=None))
     loss, lse, res = (_device_to_host(xp, a) for a in (loss, lse, res))
     if res is not None and wide:
-        res = xp.astype(res, x.dtype)
-    if res is not None and out is not None:
-        out[...] = res
-        res = out
+        res = xp.astype(res, job.x.dtype)
+    if res is not None and job.out is not None:
+        job.out[...] = res
+        res = job.out
     return loss, lse, res
 
 
-def targets(xp, target, n_classes, ignore_index, weight):
+def targets(xp, job):
     """Check class targets and sum their weights on the device; see ``xentc._engines``.
 
     Parameters
     ----------
     xp : namespace
-        The namespace of `target` (pyopencl arrays, or CPU arrays copied to
-        the default queue).
-    target : array
-        (M,) int64 class indices.
-    n_classes : int
-        C: valid targets lie in ``[0, C)``.
-    ignore_index : int
-        The target value that is skipped.
-    weight : array or None
-        (C,) class weights.
+        The namespace of the job's arrays (pyopencl arrays, or CPU arrays,
+        whose target and weight are copied to the default queue here, once).
+    job : RowJob
+        Its (M,) int64 `target`, `ignore_index`, (C,) `weight` and the
+        number of classes C of `x` are read.
 
     Returns
     -------
+    job : RowJob
+        `job` with its target and weight as pyopencl arrays, to pass to `rows`.
     float
         The sum of ``weight[target]`` over the targets that are not
         `ignore_index` (their count without `weight`): the mean's denominator.
@@ -344,22 +346,24 @@ def targets(xp, target, n_classes, ignore_index, weight):
         For the first target outside ``[0, C)`` that is not `ignore_index`.
     """
     rt.require()
+    target, weight = job.target, job.weight
     if not rt.is_cl(target):
         queue = rt.default_queue()
         target, weight = (_host_to_device(queue, xp, a, False) for a in (target, weight))
-    queue, n = target.queue, target.shape[0]
-    if n == 0:
-        return 0.0
     target = ca.as_type(target, np.dtype(np.int64))
-    dtype = np.dtype(np.float32) if weight is None else np.dtype(weight.dtype)
     weight = None if weight is None else ca.c_contiguous(weight)
+    job = job.replace(target=target, weight=weight)
+    queue, n, n_classes = target.queue, target.shape[0], job.x.shape[1]
+    if n == 0:
+        return job, 0.0
+    dtype = np.dtype(np.float32) if weight is None else np.dtype(weight.dtype)
     group = rt.kernel(queue, dtype, "xentc_targets")[1]
     chunk = -(-n // min(group, -(-n // group)))
     n_groups = -(-n // chunk)
     part_sum = rt.empty(target, (n_groups,), rt.acc_dtype(dtype))
     part_bad = rt.empty(target, (n_groups,), np.int64)
     rt.launch(queue, dtype, "xentc_targets", n_groups,
-              (np.int64(n), np.int64(chunk), np.int64(n_classes), np.int64(ignore_index),
+              (np.int64(n), np.int64(chunk), np.int64(n_classes), np.int64(job.ignore_index),
                *rt.buf(target), *rt.buf(weight), np.int32(weight is not None), part_sum.base_data,
                part_bad.base_data), [target, weight], [part_sum, part_bad])
     first_bad = int(part_bad.get().min())
@@ -367,7 +371,7 @@ def targets(xp, target, n_classes, ignore_index, weight):
         value = int(target[first_bad].get())
         raise IndexError(f"`target` value {value} out of range for {n_classes} classes")
     # The partial sums come to the host with the answer; added there in float64.
-    return float(np.sum(part_sum.get(), dtype=np.float64))
+    return job, float(np.sum(part_sum.get(), dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------
