@@ -81,7 +81,8 @@ def _class_targets(xp, target, lead_shape, n_classes):
     # uint64 values past int64's range would wrap onto valid classes.
     if target.dtype == xp.uint64 and t.shape[0] and int(xp.max(t)) > 2**63 - 1:
         raise IndexError(f"`target` value {int(xp.max(t))} out of range for {n_classes} classes")
-    return xp.astype(t, _dispatch.index_dtype(xp), copy=False)
+    index = _dispatch.index_dtype(xp)
+    return t if t.dtype == index else xp.astype(t, index, copy=False)
 
 
 def _reduce(xp, loss, reduction, lead_shape, denominator):
@@ -270,8 +271,9 @@ class _Loss:
         if job.out_kind == "grad":
             job = job.replace(**self._grad_args(grad_output, out))
         loss, _, grad = self.engine.rows(xp, job)
-        loss = xp.astype(_reduce(xp, loss, self.reduction, self.lead_shape, self.denominator),
-                         self.input.dtype, copy=False)
+        loss = _reduce(xp, loss, self.reduction, self.lead_shape, self.denominator)
+        if loss.dtype != self.input.dtype:  # float32 sums of half-precision logits
+            loss = xp.astype(loss, self.input.dtype, copy=False)
         if job.out_kind != "grad":
             return loss, None
         if job.out is None:

@@ -44,7 +44,9 @@ def _rows_layout(a):
 
 def _vector(a):
     """The 1-D CPU array `a` as contiguous NumPy (its dtype is already the C API's)."""
-    return None if a is None else np.ascontiguousarray(_host(a))
+    if a is None or (type(a) is np.ndarray and a.flags.c_contiguous):  # the common case, fast
+        return a
+    return np.ascontiguousarray(_host(a))
 
 
 def rows(xp, job):
