@@ -24,12 +24,14 @@ from ._args import n_threads as _n_threads
 from ._engines import RowJob
 
 _REDUCTIONS = ("none", "sum", "mean")
+_EMPTY = ("nan", "zero")
 
 # Any array-API array (NumPy, torch, CuPy, JAX, array-api-strict...) or a
 # pyopencl.array.Array: there is no common static type to name.
 Array = Any
 Reduction = Literal["none", "sum", "mean"]
 Backend = Literal["auto", "cpu", "opencl", "generic"]
+Empty = Literal["nan", "zero"]
 
 
 def _check_floating(xp, a, what):
@@ -85,15 +87,32 @@ def _class_targets(xp, target, lead_shape, n_classes):
     return t if t.dtype == index else xp.astype(t, index, copy=False)
 
 
-def _reduce(xp, loss, reduction, lead_shape, denominator):
+def _reduce(xp, loss, reduction, lead_shape, divisor, empty="nan"):
     if reduction == "none":
         return xp.reshape(loss, lead_shape)
     total = xp.sum(loss)
     if reduction == "sum":
         return total
+    if divisor:
+        return total / divisor
     # No weight to divide by gives NaN, as in torch (whose smoothing term
-    # would otherwise be x / 0 = inf).
-    return total / denominator if denominator else xp.full_like(total, math.nan)
+    # would otherwise be x / 0 = inf), or 0 where the caller asked for it.
+    return xp.zeros_like(total) if empty == "zero" else xp.full_like(total, math.nan)
+
+
+def _mean_options(reduction, normalizer, empty):
+    """`normalizer` as a float (None stays None), after checking it and `empty`."""
+    if empty not in _EMPTY:
+        raise ValueError(f"`empty` must be one of {_EMPTY}, got {empty!r}")
+    if normalizer is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(f"`normalizer` divides the 'mean' reduction; reduction="
+                         f"{reduction!r} has nothing to divide")
+    value = _scalar(normalizer, "normalizer")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`normalizer` must be a finite number > 0, got {normalizer!r}")
+    return value
 
 
 def _prepare(input, target, weight, reduction, axis, n_threads, backend):
@@ -115,7 +134,8 @@ def _prepare(input, target, weight, reduction, axis, n_threads, backend):
 def cross_entropy(input: Array, target: Array, weight: Array | None = None,
                   ignore_index: int = -100, reduction: Reduction = "mean",
                   label_smoothing: float = 0.0, *, axis: int | None = None,
-                  n_threads: int | None = None, backend: Backend = "auto") -> Array:
+                  n_threads: int | None = None, backend: Backend = "auto",
+                  normalizer: float | None = None, empty: Empty = "nan") -> Array:
     """Cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
 
     Parameters
@@ -145,6 +165,14 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
     backend : {"auto", "cpu", "opencl", "generic"}, default "auto"
         Engine: the C core for CPU arrays, OpenCL for ``pyopencl.array.Array``,
         else the array-API engine; naming one that cannot serve the arrays raises.
+    normalizer : float, optional
+        For ``reduction="mean"``: divide the summed loss by this instead of
+        the summed weight of this call's kept targets, e.g. the kept-token
+        count of a whole gradient-accumulation batch, so that the losses and
+        gradients of its micro-batches add up to those of the full batch.
+    empty : {"nan", "zero"}, default "nan"
+        What ``"mean"`` gives when its divisor is 0 (every target ignored, or
+        zero weight): torch's NaN, or 0 with a zero gradient.
 
     Returns
     -------
@@ -167,7 +195,7 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
     >>> float(xentc.cross_entropy(x, np.array([2, 1]), np.array([2., 4., 6.], np.float32)))
     1.059831...
     """
-    args = (ignore_index, reduction, label_smoothing, axis, n_threads, backend)
+    args = (ignore_index, reduction, label_smoothing, axis, n_threads, backend, normalizer, empty)
     if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
         from . import _autograd
         return _autograd.cross_entropy(
@@ -187,7 +215,8 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
                             label_smoothing: float = 0.0, *,
                             grad_output: float | Array | None = None, out: Array | None = None,
                             axis: int | None = None, n_threads: int | None = None,
-                            backend: Backend = "auto") -> tuple[Array, Array]:
+                            backend: Backend = "auto", normalizer: float | None = None,
+                            empty: Empty = "nan") -> tuple[Array, Array]:
     """Cross-entropy and its gradient with respect to `input`, in one pass over the logits.
 
     The fused forward and backward of `cross_entropy`: each row of logits is
@@ -197,6 +226,8 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     ----------
     input, target, weight, ignore_index, reduction, label_smoothing, axis, n_threads, backend
         As for `cross_entropy`.
+    normalizer, empty
+        As for `cross_entropy`: the gradient is that of the loss they give.
     grad_output : float or array, optional
         The gradient of the final objective with respect to the loss
         (default 1): a scalar for ``reduction="sum"`` / ``"mean"``, an array of
@@ -224,7 +255,7 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
            [-0.3333,  0.1667,  0.1667]])
     """
     return _Loss(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                 n_threads, backend, want_grad=True).run(grad_output, out)
+                 n_threads, backend, normalizer, empty, want_grad=True).run(grad_output, out)
 
 
 class _Loss:
@@ -236,7 +267,9 @@ class _Loss:
     """
 
     def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                 n_threads, backend, want_grad=False):
+                 n_threads, backend, normalizer=None, empty="nan", want_grad=False):
+        self.normalizer = _mean_options(reduction, normalizer, empty)
+        self.empty = empty
         label_smoothing = float(label_smoothing)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
@@ -262,6 +295,11 @@ class _Loss:
         self.xp, self.engine, self.input = xp, engine, input
         self.reduction, self.axis, self.lead_shape = reduction, ax, lead_shape
 
+    @property
+    def divisor(self):
+        """What ``"mean"`` divides the summed loss by."""
+        return self.denominator if self.normalizer is None else self.normalizer
+
     def run(self, grad_output=None, out=None):
         """The loss and, for a call with ``want_grad``, its gradient (else None).
 
@@ -271,7 +309,7 @@ class _Loss:
         if job.out_kind == "grad":
             job = job.replace(**self._grad_args(grad_output, out))
         loss, _, grad = self.engine.rows(xp, job)
-        loss = _reduce(xp, loss, self.reduction, self.lead_shape, self.denominator)
+        loss = _reduce(xp, loss, self.reduction, self.lead_shape, self.divisor, self.empty)
         if loss.dtype != self.input.dtype:  # float32 sums of half-precision logits
             loss = xp.astype(loss, self.input.dtype, copy=False)
         if job.out_kind != "grad":
@@ -301,9 +339,11 @@ class _Loss:
         else:
             go = 1.0 if grad_output is None else _scalar(grad_output, "grad_output")
             if self.reduction == "mean":
-                # NaN or inf where torch's own division by a zero weight gives them.
-                den = self.denominator
-                go = go / den if den else (math.nan if go == 0 else math.copysign(math.inf, go))
+                # NaN or inf where torch's own division by a zero weight gives
+                # them, unless the caller asked for 0.
+                den = self.divisor
+                go = (go / den if den else 0.0 if self.empty == "zero"
+                      else math.nan if go == 0 else math.copysign(math.inf, go))
             args["grad_scale"] = go
         if out is not None:
             if not _dispatch.writeable(out):

@@ -16,7 +16,8 @@ __all__ = ["CrossEntropyLoss", "cross_entropy", "log_softmax", "softmax", "logsu
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, *, axis=None, n_threads=None, backend="auto"):
+                  label_smoothing=0.0, *, axis=None, n_threads=None, backend="auto",
+                  normalizer=None, empty="nan"):
     """`xentc.cross_entropy` attached to torch's autograd.
 
     Parameters and results are those of `xentc.cross_entropy`; the result
@@ -29,7 +30,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     # xentc.cross_entropy itself hands tensors that autograd follows to the
     # autograd node (xentc._autograd); this name is where torch users look.
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
-                          axis=axis, n_threads=n_threads, backend=backend)
+                          axis=axis, n_threads=n_threads, backend=backend,
+                          normalizer=normalizer, empty=empty)
 
 
 def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
@@ -65,6 +67,10 @@ class CrossEntropyLoss(torch.nn.Module):
         In ``[0, 1]``.
     n_threads : int, optional
         Threads of the C core (keyword-only); default all cores.
+    empty : {"nan", "zero"}, default "nan"
+        What ``"mean"`` gives when nothing is left to average (keyword-only;
+        see `xentc.cross_entropy`). `forward` takes a ``normalizer`` per call:
+        the kept-token count of the whole gradient-accumulation batch.
 
     Examples
     --------
@@ -75,7 +81,7 @@ class CrossEntropyLoss(torch.nn.Module):
     """
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean", label_smoothing=0.0, *, n_threads=None):
+                 reduction="mean", label_smoothing=0.0, *, n_threads=None, empty="nan"):
         super().__init__()
         if size_average is not None or reduce is not None:
             raise ValueError("`size_average` and `reduce` are deprecated in torch; "
@@ -85,12 +91,15 @@ class CrossEntropyLoss(torch.nn.Module):
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.n_threads = n_threads
+        self.empty = empty
 
-    def forward(self, input, target):
-        """The loss of `input` logits against `target`, as ``F.cross_entropy``."""
+    def forward(self, input, target, *, normalizer=None):
+        """The loss of `input` logits against `target`, as ``F.cross_entropy``;
+        ``"mean"`` divided by `normalizer` when given (see `xentc.cross_entropy`)."""
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
-                             self.label_smoothing, n_threads=self.n_threads)
+                             self.label_smoothing, n_threads=self.n_threads,
+                             normalizer=normalizer, empty=self.empty)
 
     def extra_repr(self):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing}")
+                f"label_smoothing={self.label_smoothing}, empty={self.empty!r}")
