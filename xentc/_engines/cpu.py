@@ -115,8 +115,9 @@ def _half_rows(xp, job):
 def targets(xp, job):
     """Check class targets and sum their weights in one C pass; see ``xentc._engines``."""
     job = job.replace(target=_vector(job.target), weight=_vector(job.weight))
-    # The C sum runs in double: an O(C) copy, apart from the job's weight.
-    w = None if job.weight is None else job.weight.astype(np.float64)
+    # The C sum runs in double: float32 weights get an O(C) float64 copy for it
+    # (the job keeps them as they are for the rows); float64 ones are used as is.
+    w = None if job.weight is None else np.asarray(job.weight, dtype=np.float64)
     return job, _core.targets(job.target, job.x.shape[1], job.ignore_index, w)
 
 
