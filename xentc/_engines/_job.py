@@ -38,6 +38,15 @@ class RowJob:
         The `target` value whose row contributes nothing.
     label_smoothing : float
         In ``[0, 1]``.
+    logit_scale : float
+        s > 0: the rows are computed on ``z = s * x`` (see `softcap`).
+    softcap : float or None
+        c > 0: the rows are computed on ``z = c * tanh(s * x / c)`` instead.
+        Everything below (max, lse, loss, log_softmax, softmax) is of z; the
+        gradient is with respect to x.
+    lse_square_scale : float
+        The z-loss: ``lse_square_scale * lse(z)**2`` is added to the loss of
+        every row that has one (not to ignored rows), and to its gradient.
     want_loss, want_lse : bool
         Whether to return the per-row loss (given `target` or `soft`) and the
         per-row log-sum-exp.
@@ -60,6 +69,9 @@ class RowJob:
     weight: Any = None
     ignore_index: int = -100
     label_smoothing: float = 0.0
+    logit_scale: float = 1.0
+    softcap: float | None = None
+    lse_square_scale: float = 0.0
     want_loss: bool = True
     want_lse: bool = False
     out_kind: str = "none"
