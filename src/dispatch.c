@@ -177,9 +177,19 @@ static int64_t chunk_count(int64_t n_rows, int64_t n_classes)
     return (n_rows + chunk_rows(n_classes) - 1) / chunk_rows(n_classes);
 }
 
-/* body(ctx, k, i0, i1) for chunk k = rows [i0, i1). The one parallel loop:
-   static scheduling, each chunk run by one thread. */
-typedef void (*chunk_body)(void *ctx, int64_t k, int64_t i0, int64_t i1);
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* body(ctx, k, i0, i1, tid) for chunk k = rows [i0, i1), run by thread tid
+   (in [0, nt), nt = thread_count(n_threads, chunk_count(...))). The one
+   parallel loop: static scheduling, each chunk run by one thread. */
+typedef void (*chunk_body)(void *ctx, int64_t k, int64_t i0, int64_t i1, int tid);
 
 static void for_chunks(int64_t n_rows, int64_t n_classes, int n_threads, chunk_body body,
                        void *ctx)
@@ -191,11 +201,12 @@ static void for_chunks(int64_t n_rows, int64_t n_classes, int n_threads, chunk_b
 #pragma omp parallel for num_threads(nt) schedule(static)
 #endif
         for (int64_t k = 0; k < n_chunks; k++)
-            body(ctx, k, k * per, k * per + per < n_rows ? k * per + per : n_rows);
+            body(ctx, k, k * per, k * per + per < n_rows ? k * per + per : n_rows,
+                 thread_id());
     } else {
         /* No OpenMP call at all: also the path of a forked child. */
         for (int64_t k = 0; k < n_chunks; k++)
-            body(ctx, k, k * per, k * per + per < n_rows ? k * per + per : n_rows);
+            body(ctx, k, k * per, k * per + per < n_rows ? k * per + per : n_rows, 0);
     }
 }
 
@@ -223,12 +234,14 @@ static void record_bad(int64_t *bad, int64_t row)
 typedef struct {
     const xentc_rows *r;
     xentc_rows_fn fn;
+    char *scratch; /* per thread: scratch_bytes, or NULL */
+    size_t scratch_bytes;
     int64_t bad;
 } rows_job;
 
 /* A chunk's targets are checked before any of its rows is read; a chunk with
    a bad target is skipped whole (the call fails anyway). */
-static void rows_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1)
+static void rows_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1, int tid)
 {
     rows_job *job = ctx;
     const xentc_rows *r = job->r;
@@ -240,17 +253,31 @@ static void rows_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1)
             return;
         }
     }
-    job->fn(r, i0, i1);
+    job->fn(r, i0, i1, job->scratch ? job->scratch + (size_t)tid * job->scratch_bytes : NULL);
 }
 
-static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_rows_fn fn)
+static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_rows_fn fn,
+                    size_t elem_size)
 {
     if (!r || r->n_rows < 0 || r->n_classes < 1 || (r->n_rows > 0 && !r->x) ||
         (r->target && r->soft) || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
-        (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft))
+        (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft) ||
+        !(r->logit_scale > 0.0 && isfinite(r->logit_scale)) ||
+        !(r->softcap >= 0.0 && isfinite(r->softcap)) || !isfinite(r->lse_square_scale))
         return XENTC_ERR_ARG;
-    rows_job job = {r, fn, -1};
+    rows_job job = {r, fn, NULL, 0, -1};
+    if (r->logit_scale != 1.0 || r->softcap > 0.0) {
+        /* Transformed rows are written to a buffer per thread, allocated
+           once per call (row_kernels.h: xentc_rows_fn). */
+        const int64_t n_chunks = chunk_count(r->n_rows, r->n_classes);
+        const int nt = thread_count(n_threads, n_chunks);
+        job.scratch_bytes = 2 * (size_t)chunk_rows(r->n_classes) * (size_t)r->n_classes * elem_size;
+        job.scratch = malloc(job.scratch_bytes * (size_t)nt);
+        if (!job.scratch)
+            return XENTC_ERR_MEMORY;
+    }
     for_chunks(r->n_rows, r->n_classes, n_threads, rows_chunk, &job);
+    free(job.scratch);
     if (job.bad >= 0) {
         if (bad_row)
             *bad_row = job.bad;
@@ -266,8 +293,9 @@ typedef struct {
     int64_t bad;
 } proba_job;
 
-static void proba_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1)
+static void proba_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1, int tid)
 {
+    (void)tid;
     proba_job *job = ctx;
     const xentc_proba *p = job->p;
     if (p->target) {
@@ -342,12 +370,12 @@ int xentc_proba_f64(xentc_proba *proba, int n_threads, int64_t *bad_row)
 
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
-    return run_rows(rows, n_threads, bad_row, get_active()->rows_f32);
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f32, sizeof(float));
 }
 
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
-    return run_rows(rows, n_threads, bad_row, get_active()->rows_f64);
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f64, sizeof(double));
 }
 
 void xentc_exp_f32(const float *in, float *out, int64_t n) { get_active()->exp_f32(in, out, n); }

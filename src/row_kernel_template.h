@@ -327,6 +327,9 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
     } else if (c->q) {
         loss = lin_loss;
     }
+    const double zls = r->lse_square_scale, zlse = m + ls;
+    if (zls != 0.0 && (r->target || c->q)) /* the z-loss */
+        loss += zls * zlse * zlse;
     if (r->loss)
         ((TYPE *)r->loss)[i] = (TYPE)loss;
     if (r->lse) {
@@ -353,6 +356,8 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
             c->alpha = g * acc[2];
             c->beta = g;
         }
+        if (zls != 0.0) /* d(zls * lse^2)/dz_c = 2 * zls * lse * p_c */
+            c->alpha += g * 2.0 * zls * zlse;
     }
 }
 
@@ -755,6 +760,7 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
     const int64_t C = r->n_classes, stride = r->x_stride, ignore = r->ignore_index;
     const TYPE *const x0 = (const TYPE *)r->x, *const w = (const TYPE *)r->weight;
     const int64_t *const target = r->target;
+    const double zls = r->lse_square_scale;
     TYPE *const loss = (TYPE *)r->loss, *const lse = (TYPE *)r->lse;
     double md[NARROW_BATCH], excess[NARROW_BATCH], ls[NARROW_BATCH];
     int64_t i = i0;
@@ -782,8 +788,9 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             if (loss)
                 for (int64_t l = 0; l < n; l++) {
                     const int64_t y = target[i + l];
-                    const double wy = w ? (double)w[y] : 1.0;
-                    loss[i + l] = (TYPE)(wy * ((md[l] - (double)x0[(i + l) * stride + y]) + ls[l]));
+                    const double wy = w ? (double)w[y] : 1.0, lse_l = md[l] + ls[l];
+                    loss[i + l] = (TYPE)(wy * ((md[l] - (double)x0[(i + l) * stride + y]) + ls[l]) +
+                                         zls * lse_l * lse_l);
                 }
             if (lse)
                 for (int64_t l = 0; l < n; l++)
@@ -797,7 +804,7 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 
 /* Rows [i0, i1): narrow rows lane-parallel, short rows batched, long rows
    one at a time. */
-void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
+static void XENTC_FN(plain_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 {
     const int lin = r->soft != NULL || (r->target && r->label_smoothing > 0.0);
     if (r->n_classes <= NARROW_C && !lin && r->out_kind == XENTC_OUT_NONE) {
@@ -810,6 +817,93 @@ void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
     }
     for (int64_t i = i0; i < i1; i++)
         XENTC_FN(long_row)(r, i);
+}
+
+/*
+ * z = cap * tanh(k * x) with k = s / cap, for x[0, n), and dz/dx = s * (1 -
+ * tanh^2) when dz is given. With a = |k x| and E = expm1(-2a): tanh(a) =
+ * -E / (2 + E) and 1 - tanh^2 = 4 (1 + E) / (2 + E)^2, neither cancelling.
+ * E is exp's own polynomial less its constant term where -2a needs no range
+ * reduction (2a <= ln2/2), so small a keep their relative precision; beyond,
+ * E = exp(-2a) - 1 with |E| >= 0.29, where exp's error (an ulp of a value
+ * below 1) is under two ulp of E.
+ */
+static void XENTC_FN(softcap)(const TYPE *x, int64_t n, TYPE *z, TYPE *dz, TYPE s, TYPE cap)
+{
+    const VT k = XENTC_FN(splat)(s / cap), vcap = XENTC_FN(splat)(cap);
+    const VT small = XENTC_FN(splat)((TYPE)0.17328679513998632); /* ln2 / 4 */
+    for (int64_t j = 0; j < n; j += NL) {
+        const int64_t len = n - j < NL ? n - j : NL;
+        const VT u = (len == NL ? XENTC_FN(load)(x + j) : XENTC_FN(load_part)(x + j, len)) * k;
+        const VIT neg = u < 0;
+        const VT d = XENTC_FN(sel)(neg, u, -u) * 2; /* -2|u|, NaN kept */
+        VT p = XENTC_FN(splat)((TYPE)EXP_COEF[EXP_DEGREE]);
+        for (int i = EXP_DEGREE - 1; i >= 1; i--)
+            p = p * d + (TYPE)EXP_COEF[i];
+        const VT e = XENTC_FN(vexp)(d); /* 0 for u = +-inf */
+        const VT em1 = XENTC_FN(sel)(-d <= 2 * small, p * d, e - 1);
+        const VT den = 2 + em1, t = -em1 / den;
+        XENTC_FN(store_part)(z + j, vcap * XENTC_FN(sel)(neg, -t, t), len);
+        if (dz)
+            XENTC_FN(store_part)(dz + j, (4 * s) * e / (den * den), len);
+    }
+}
+
+/*
+ * Rows of z = logit_scale * x or softcap * tanh(logit_scale * x / softcap):
+ * z (and dz/dx for a gradient) are written to `scratch` for the chunk's
+ * rows, the plain kernel runs on z, and the gradient it wrote (with respect
+ * to z) is multiplied by dz/dx. The scratch stays in cache between the
+ * steps, so the logits are still read from memory once.
+ */
+static void XENTC_FN(transformed_rows)(const xentc_rows *r, int64_t i0, int64_t i1, TYPE *scratch)
+{
+    const int64_t C = r->n_classes, n = i1 - i0;
+    const int grad = r->out_kind == XENTC_OUT_GRAD, cap = r->softcap > 0.0;
+    const TYPE s = (TYPE)r->logit_scale;
+    TYPE *const z = scratch, *const dz = scratch + n * C;
+    for (int64_t i = 0; i < n; i++) {
+        const TYPE *x = (const TYPE *)r->x + (i0 + i) * r->x_stride;
+        if (cap)
+            XENTC_FN(softcap)(x, C, z + i * C, grad ? dz + i * C : NULL, s, (TYPE)r->softcap);
+        else
+            for (int64_t j = 0; j < C; j++)
+                z[i * C + j] = s * x[j];
+    }
+    xentc_rows sub = *r;
+    sub.n_rows = n;
+    sub.x = z;
+    sub.x_stride = C;
+    sub.logit_scale = 1.0;
+    sub.softcap = 0.0;
+    sub.target = r->target ? r->target + i0 : NULL;
+    sub.soft = r->soft ? (const TYPE *)r->soft + i0 * r->soft_stride : NULL;
+    sub.loss = r->loss ? (TYPE *)r->loss + i0 : NULL;
+    sub.lse = r->lse ? (TYPE *)r->lse + i0 : NULL;
+    sub.out = r->out ? (TYPE *)r->out + i0 * r->out_stride : NULL;
+    sub.grad_row_scale = r->grad_row_scale ? (const TYPE *)r->grad_row_scale + i0 : NULL;
+    XENTC_FN(plain_rows)(&sub, 0, n);
+    if (!grad)
+        return;
+    for (int64_t i = 0; i < n; i++) {
+        if (sub.target && sub.target[i] == r->ignore_index)
+            continue; /* exactly 0, whatever dz/dx (NaN for a NaN logit) */
+        TYPE *o = (TYPE *)sub.out + i * r->out_stride;
+        if (cap)
+            for (int64_t j = 0; j < C; j++)
+                o[j] *= dz[i * C + j];
+        else
+            for (int64_t j = 0; j < C; j++)
+                o[j] *= s;
+    }
+}
+
+void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1, void *scratch)
+{
+    if (r->logit_scale != 1.0 || r->softcap > 0.0)
+        XENTC_FN(transformed_rows)(r, i0, i1, (TYPE *)scratch);
+    else
+        XENTC_FN(plain_rows)(r, i0, i1);
 }
 
 /* Rows [i0, i1) of probabilities: row sums, picked entries, and the

@@ -9,8 +9,10 @@
 
 #include "xentc.h"
 
-/* Process rows [i0, i1) of a batch whose targets are already checked. */
-typedef void (*xentc_rows_fn)(const xentc_rows *rows, int64_t i0, int64_t i1);
+/* Process rows [i0, i1) of a batch whose targets are already checked;
+   `scratch` holds 2 * (i1 - i0) * n_classes values of the dtype when the
+   rows are transformed (logit_scale != 1 or softcap), else may be NULL. */
+typedef void (*xentc_rows_fn)(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch);
 typedef void (*xentc_exp_fn)(const void *in, void *out, int64_t n);
 /* Rows [i0, i1) of a probability array (targets checked); ext = {min, max, nan}. */
 typedef void (*xentc_proba_fn)(const xentc_proba *proba, int64_t i0, int64_t i1, double ext[3]);
@@ -24,8 +26,8 @@ typedef double (*xentc_target_total_fn)(const int64_t *target, int64_t n, int64_
                                         const double *weight);
 
 #define XENTC_DECLARE_ISA(isa)                                                 \
-    void xentc_rows_f32_##isa(const xentc_rows *rows, int64_t i0, int64_t i1); \
-    void xentc_rows_f64_##isa(const xentc_rows *rows, int64_t i0, int64_t i1); \
+    void xentc_rows_f32_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
+    void xentc_rows_f64_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
     void xentc_exp_f32_##isa(const void *in, void *out, int64_t n);            \
     void xentc_exp_f64_##isa(const void *in, void *out, int64_t n);            \
     void xentc_proba_f32_##isa(const xentc_proba *proba, int64_t i0, int64_t i1, \

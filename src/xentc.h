@@ -20,7 +20,8 @@ typedef enum {
     XENTC_OK = 0,
     XENTC_ERR_TARGET = 1, /* a target outside [0, n_classes) that is not ignore_index */
     XENTC_ERR_ARG = 2,    /* inconsistent arguments (caller bug) */
-    XENTC_ERR_ISA = 3     /* requested ISA not compiled in or not supported by this CPU */
+    XENTC_ERR_ISA = 3,    /* requested ISA not compiled in or not supported by this CPU */
+    XENTC_ERR_MEMORY = 4  /* a work buffer could not be allocated */
 } xentc_status;
 
 /* What the second pass over a row writes into `out` (one value per logit). */
@@ -35,12 +36,17 @@ typedef enum {
  * One batch of rows. Pointers to floating data all have the entry point's
  * dtype. Strides are in elements. Unused pointers are NULL.
  *
- * Row loss (class targets y, smoothing e, weights w, W = sum(w), C classes):
- *   (1 - e) * w[y] * (lse - x[y]) + (e / C) * sum_c w[c] * (lse - x[c])
+ * Each row is computed on z = softcap * tanh(logit_scale * x / softcap), or
+ * z = logit_scale * x when softcap is 0; lse is the log-sum-exp of z. Row
+ * loss (class targets y, smoothing e, weights w, C classes, zls =
+ * lse_square_scale):
+ *   (1 - e) * w[y] * (lse - z[y]) + (e / C) * sum_c w[c] * (lse - z[c])
+ *   + zls * lse^2
  * and 0 where y == ignore_index (such a row's lse and `out` row are 0 too).
  * Soft targets q (one row per logit row):
- *   sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c]).
+ *   sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - z[c]) + zls * lse^2.
  * With neither target nor soft, only lse (and `out`) are produced.
+ * log_softmax and softmax are of z; the gradient is with respect to x.
  */
 typedef struct {
     int64_t n_rows;
@@ -53,6 +59,9 @@ typedef struct {
     const void *weight; /* n_classes values, NULL = all ones */
     int64_t ignore_index;
     double label_smoothing;
+    double logit_scale;      /* > 0 */
+    double softcap;          /* > 0, or 0 for none */
+    double lse_square_scale; /* the z-loss's factor */
     void *loss; /* n_rows values or NULL */
     void *lse;  /* n_rows values or NULL */
     int out_kind;

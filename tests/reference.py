@@ -453,3 +453,101 @@ def unaligned_copy(a, byte_offset):
     out = np.frombuffer(buf, dtype=a.dtype, count=a.size, offset=shift + byte_offset).reshape(a.shape)
     out[...] = a
     return out
+
+
+# ---------------------------------------------------------------------------
+# the row options of large-vocabulary training, by torch autograd in float64
+# ---------------------------------------------------------------------------
+
+
+def options_reference(x, target, weight=None, ignore_index=-100, reduction="mean",
+                      label_smoothing=0.0, axis=None, logit_scale=1.0, softcap=None,
+                      lse_square_scale=0.0, sample_weight=None, grad_output=None):
+    """(loss, z_loss, lse, grad) of the option formula, by torch in float64.
+
+    z = softcap * tanh(logit_scale * x / softcap) (or logit_scale * x); each
+    row's loss is torch's cross-entropy of z plus lse_square_scale *
+    logsumexp(z)**2 (0 for ignored rows), times sample_weight; "mean"
+    divides by the sum over kept rows of sample_weight * weight[target]
+    (sample_weight alone for probability targets). lse is 0 on ignored rows.
+    The gradient is d(grad_output . loss)/dx, x in its own layout.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(x, np.float64)
+    ax, tax = class_axis(x.ndim, axis), (0 if x.ndim == 1 else 1)
+    xt = torch.tensor(np.moveaxis(x, ax, tax), dtype=torch.float64, requires_grad=True)
+    target = np.asarray(target)
+    soft = target.dtype.kind == "f"
+    if soft:
+        tt = torch.tensor(np.moveaxis(target.astype(np.float64), ax, tax))
+    else:
+        tt = torch.tensor(target.astype(np.int64))
+    wt = None if weight is None else torch.tensor(np.asarray(weight, np.float64))
+    with torch_serial():
+        z = xt * logit_scale if softcap is None else softcap * torch.tanh(xt * logit_scale / softcap)
+        rows = F.cross_entropy(z, tt, weight=wt, ignore_index=ignore_index, reduction="none",
+                               label_smoothing=label_smoothing)
+        keep = torch.ones_like(rows, dtype=torch.bool) if soft else tt != ignore_index
+        lse = torch.where(keep, torch.logsumexp(z, dim=tax), 0.0)
+        sw = torch.ones_like(rows) if sample_weight is None else torch.tensor(
+            np.asarray(sample_weight, np.float64))
+        z_rows = lse_square_scale * lse ** 2 * sw
+        rows = rows * sw + z_rows
+        if soft:
+            den = sw.sum()
+        else:
+            w_y = torch.ones_like(rows) if wt is None else wt[torch.where(keep, tt, 0)]
+            den = torch.where(keep, w_y * sw, 0.0).sum()
+
+        def reduce(r):
+            return r.sum() / den if reduction == "mean" else r.sum() if reduction == "sum" else r
+
+        loss = reduce(rows)
+        go = (torch.ones_like(loss) if grad_output is None
+              else torch.tensor(np.asarray(grad_output, np.float64)))
+        loss.backward(go)
+    return (loss.detach().numpy(), reduce(z_rows).detach().numpy(), lse.detach().numpy(),
+            np.moveaxis(xt.grad.numpy(), tax, ax))
+
+
+def options_tolerance(x, target, dtype, weight=None, ignore_index=-100, reduction="mean",
+                      axis=None, logit_scale=1.0, softcap=None, lse_square_scale=0.0,
+                      sample_weight=None, grad_output=None, ulps=16, **_):
+    """Absolute tolerances (loss, lse, grad) for `options_reference`'s results.
+
+    The rows are those of z, which the engines hold rounded to the dtype:
+    each loss term ``lse - z_c`` is good to a few ulp of ``|lse| + max|z|``,
+    the z-loss to ``2 * zls * |lse|`` times that, and a gradient element to a
+    few ulp of ``(max|w| * mass + 2 * zls * |lse|) * (1 + |lse| + max|z|)``
+    times ``dz/dx <= logit_scale``; all times |sample_weight| and the scale
+    of the reduction.
+    """
+    x64 = np.asarray(x, np.float64) * logit_scale
+    z = x64 if softcap is None else softcap * np.tanh(x64 / softcap)
+    zm, ax = _moved(z, axis)
+    lse = np.abs(_sp_logsumexp(zm, axis=-1))
+    mag = lse + np.max(np.abs(zm), axis=-1)
+    w_max = 1.0 if weight is None else float(np.max(np.abs(weight)))
+    target = np.asarray(target)
+    mass = 1.0
+    if target.dtype.kind == "f":
+        mass = np.maximum(1.0, np.sum(np.abs(np.moveaxis(target.astype(np.float64), ax, -1)), -1))
+    sw = 1.0 if sample_weight is None else np.abs(np.asarray(sample_weight, np.float64))
+    coef = w_max * mass + 2 * lse_square_scale * lse
+    eps = ulps * eps_of(dtype)
+    elem = eps * coef * mag * sw
+    if target.dtype.kind == "f":
+        den = float(np.sum(np.broadcast_to(sw, lse.shape)))
+    else:
+        keep = target != ignore_index
+        w_y = 1.0 if weight is None else np.asarray(weight, np.float64)[np.where(keep, target, 0)]
+        den = float(np.sum(np.where(keep, w_y * np.broadcast_to(sw, lse.shape), 0.0)))
+    loss_tol = _tolerance(elem, reduction, den, 0.0, 0.0)
+    go = 1.0 if grad_output is None else np.abs(np.asarray(grad_output, np.float64))
+    if reduction == "mean":
+        go = go / abs(den) if den else 0.0
+    grad = eps * go * sw * logit_scale * coef * (1.0 + mag)
+    grad = np.broadcast_to(np.expand_dims(np.broadcast_to(grad, lse.shape), ax), np.shape(x))
+    return loss_tol, eps * mag, grad

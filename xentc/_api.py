@@ -115,9 +115,42 @@ def _mean_options(reduction, normalizer, empty):
     return value
 
 
-def _prepare(input, target, weight, reduction, axis, n_threads, backend):
+def _positive(value, what):
+    """`value` as a float, checked to be finite and > 0."""
+    v = _scalar(value, what)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"`{what}` must be a finite number > 0, got {value!r}")
+    return v
+
+
+def _row_options(logit_scale, softcap, lse_square_scale):
+    """The row job's z options, checked: (logit_scale, softcap, lse_square_scale)."""
+    zls = _scalar(lse_square_scale, "lse_square_scale")
+    if not (math.isfinite(zls) and zls >= 0):
+        raise ValueError(f"`lse_square_scale` must be a finite number >= 0, "
+                         f"got {lse_square_scale!r}")
+    return (_positive(logit_scale, "logit_scale"),
+            None if softcap is None else _positive(softcap, "softcap"), zls)
+
+
+def _sample_weight(xp, sample_weight, lead_shape, dtype):
+    """`sample_weight` as a flat array of the accumulation dtype (None stays None)."""
+    if sample_weight is None:
+        return None
+    if not _dispatch.isdtype(xp, sample_weight.dtype, ("real floating", "integral")):
+        raise TypeError(f"`sample_weight` must be a real array, got dtype {sample_weight.dtype}")
+    if tuple(sample_weight.shape) != lead_shape:
+        raise ValueError(f"`sample_weight` must have the loss's shape {lead_shape} (input "
+                         f"shape without the class axis), got {tuple(sample_weight.shape)}")
+    sw = xp.reshape(xp.astype(sample_weight, dtype, copy=False), (-1,))
+    if not bool(xp.all(xp.isfinite(sw))):
+        raise ValueError("`sample_weight` must be finite (it holds NaN or inf)")
+    return sw
+
+
+def _prepare(input, target, weight, reduction, axis, n_threads, backend, sample_weight=None):
     """Checks shared by the losses; the logits as (rows, classes) and the engine."""
-    xp = _dispatch.namespace(input, target, weight)
+    xp = _dispatch.namespace(input, target, weight, sample_weight)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
     n_threads = _n_threads(n_threads)
@@ -135,8 +168,18 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
                   ignore_index: int = -100, reduction: Reduction = "mean",
                   label_smoothing: float = 0.0, *, axis: int | None = None,
                   n_threads: int | None = None, backend: Backend = "auto",
-                  normalizer: float | None = None, empty: Empty = "nan") -> Array:
+                  normalizer: float | None = None, empty: Empty = "nan",
+                  logit_scale: float = 1.0, softcap: float | None = None,
+                  lse_square_scale: float = 0.0, sample_weight: Array | None = None,
+                  return_z_loss: bool = False, return_lse: bool = False
+                  ) -> Array | tuple[Array, ...]:
     """Cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
+
+    With the options that large-vocabulary training uses, all computed in
+    the same pass over the logits: each row is taken as
+    ``z = softcap * tanh(logit_scale * input / softcap)`` (``logit_scale *
+    input`` without `softcap`), its loss is torch's cross-entropy of z plus
+    ``lse_square_scale * logsumexp(z)**2``, times `sample_weight`.
 
     Parameters
     ----------
@@ -173,13 +216,37 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
     empty : {"nan", "zero"}, default "nan"
         What ``"mean"`` gives when its divisor is 0 (every target ignored, or
         zero weight): torch's NaN, or 0 with a zero gradient.
+    logit_scale : float, default 1.0
+        Multiplies the logits first (flash-attn's name); > 0.
+    softcap : float, optional
+        Caps the (scaled) logits smoothly to ``(-softcap, softcap)`` with
+        ``tanh`` (Gemma 2 uses 30.0); > 0. Gradients are with respect to
+        `input`.
+    lse_square_scale : float, default 0.0
+        The z-loss of PaLM: adds ``lse_square_scale * logsumexp(z)**2`` to
+        each row's loss (not to ignored rows); >= 0.
+    sample_weight : array, optional
+        Per-row weights of the loss's shape (`input` without the class
+        axis), multiplying each row's loss; ``"mean"`` then divides by the
+        sum over kept rows of ``sample_weight * weight[target]`` (of
+        `sample_weight` for probability targets).
+    return_z_loss : bool, default False
+        Also return the z-loss term alone, reduced as the loss.
+    return_lse : bool, default False
+        Also return each row's ``logsumexp(z)``, of the loss's unreduced
+        shape (0 where the target is `ignore_index`: such rows are not read).
 
     Returns
     -------
-    array
+    loss : array
         The loss in `input`'s namespace and dtype: a 0-d value, or the
         per-element losses of shape `input` without the class axis for
         ``reduction="none"``.
+    z_loss : array
+        Only with `return_z_loss`: the z-loss part of `loss`.
+    lse : array
+        Only with `return_lse`. With either, the result is the tuple
+        ``(loss, z_loss, lse)`` of those asked for.
 
     Raises
     ------
@@ -195,12 +262,20 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
     >>> float(xentc.cross_entropy(x, np.array([2, 1]), np.array([2., 4., 6.], np.float32)))
     1.059831...
     """
-    args = (ignore_index, reduction, label_smoothing, axis, n_threads, backend, normalizer, empty)
+    options = dict(ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing, axis=axis, n_threads=n_threads,
+                   backend=backend, normalizer=normalizer, empty=empty,
+                   logit_scale=logit_scale, softcap=softcap,
+                   lse_square_scale=lse_square_scale, return_z_loss=return_z_loss,
+                   return_lse=return_lse)
     if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
         from . import _autograd
-        return _autograd.cross_entropy(
-            input, target, weight, lambda *arrays: _Loss(*arrays, *args, want_grad=True))
-    return _Loss(input, target, weight, *args).run()[0]
+        results = _autograd.cross_entropy(
+            input, dict(target=target, weight=weight, sample_weight=sample_weight),
+            lambda input, **arrays: _Loss(input, **arrays, **options, want_grad=True))
+    else:
+        results = _Loss(input, target, weight, sample_weight=sample_weight, **options).run()[0]
+    return results if len(results) > 1 else results[0]
 
 
 def _tracks_grad(a):
@@ -216,7 +291,10 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
                             grad_output: float | Array | None = None, out: Array | None = None,
                             axis: int | None = None, n_threads: int | None = None,
                             backend: Backend = "auto", normalizer: float | None = None,
-                            empty: Empty = "nan") -> tuple[Array, Array]:
+                            empty: Empty = "nan", logit_scale: float = 1.0,
+                            softcap: float | None = None, lse_square_scale: float = 0.0,
+                            sample_weight: Array | None = None, return_z_loss: bool = False,
+                            return_lse: bool = False) -> tuple[Array, ...]:
     """Cross-entropy and its gradient with respect to `input`, in one pass over the logits.
 
     The fused forward and backward of `cross_entropy`: each row of logits is
@@ -226,8 +304,11 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     ----------
     input, target, weight, ignore_index, reduction, label_smoothing, axis, n_threads, backend
         As for `cross_entropy`.
-    normalizer, empty
+    normalizer, empty, logit_scale, softcap, lse_square_scale, sample_weight
         As for `cross_entropy`: the gradient is that of the loss they give.
+    return_z_loss, return_lse
+        As for `cross_entropy`: those results come between the loss and the
+        gradient.
     grad_output : float or array, optional
         The gradient of the final objective with respect to the loss
         (default 1): a scalar for ``reduction="sum"`` / ``"mean"``, an array of
@@ -240,7 +321,8 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     Returns
     -------
     loss : array
-        As returned by `cross_entropy`.
+        As returned by `cross_entropy` (followed by `z_loss` and `lse` when
+        asked for).
     grad_input : array
         ``grad_output * d(loss)/d(input)``, `input`'s shape and dtype (`out`
         when given). Rows whose target is `ignore_index` are exactly 0.
@@ -254,8 +336,14 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     array([[ 0.045 ,  0.1224, -0.1674],
            [-0.3333,  0.1667,  0.1667]])
     """
-    return _Loss(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                 n_threads, backend, normalizer, empty, want_grad=True).run(grad_output, out)
+    results, grad = _Loss(
+        input, target, weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, axis=axis, n_threads=n_threads, backend=backend,
+        normalizer=normalizer, empty=empty, logit_scale=logit_scale, softcap=softcap,
+        lse_square_scale=lse_square_scale, sample_weight=sample_weight,
+        return_z_loss=return_z_loss, return_lse=return_lse,
+        want_grad=True).run(grad_output, out)
+    return (*results, grad)
 
 
 class _Loss:
@@ -266,17 +354,25 @@ class _Loss:
     gradient again on a second backward pass (``xentc._autograd``).
     """
 
-    def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                 n_threads, backend, normalizer=None, empty="nan", want_grad=False):
+    def __init__(self, input, target, weight=None, *, ignore_index=-100, reduction="mean",
+                 label_smoothing=0.0, axis=None, n_threads=None, backend="auto",
+                 normalizer=None, empty="nan", logit_scale=1.0, softcap=None,
+                 lse_square_scale=0.0, sample_weight=None, return_z_loss=False,
+                 return_lse=False, want_grad=False):
         self.normalizer = _mean_options(reduction, normalizer, empty)
         self.empty = empty
         label_smoothing = float(label_smoothing)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
+        logit_scale, softcap, zls = _row_options(logit_scale, softcap, lse_square_scale)
         xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
-            input, target, weight, reduction, axis, n_threads, backend)
+            input, target, weight, reduction, axis, n_threads, backend, sample_weight)
+        acc = _acc_dtype(xp, input.dtype)
+        self.sample_weight = _sample_weight(xp, sample_weight, lead_shape, acc)
+        self.returns = (bool(return_z_loss), bool(return_lse))
         job = dict(weight=w, label_smoothing=label_smoothing, n_threads=n_threads,
-                   out_kind="grad" if want_grad else "none")
+                   logit_scale=logit_scale, softcap=softcap, lse_square_scale=zls,
+                   want_lse=any(self.returns), out_kind="grad" if want_grad else "none")
         if _dispatch.isdtype(xp, target.dtype, "real floating"):
             if tuple(target.shape) != tuple(input.shape):
                 raise ValueError(f"`target` of class probabilities must have the input's "
@@ -286,12 +382,17 @@ class _Loss:
             soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
             self.job = RowJob(x, soft=soft, **job)
             self.denominator = float(x.shape[0])
+            keep = None
         else:
             t = _class_targets(xp, target, lead_shape, x.shape[1])
             # Checked before any row is read; the mean's denominator on the way,
             # and the targets and weights in the engine's form for the rows.
             self.job, self.denominator = engine.targets(
                 xp, RowJob(x, target=t, ignore_index=ignore_index, **job))
+            keep = t != ignore_index
+        if self.sample_weight is not None:
+            self.denominator = _weighted_count(xp, self.sample_weight, keep, w,
+                                               None if keep is None else t)
         self.xp, self.engine, self.input = xp, engine, input
         self.reduction, self.axis, self.lead_shape = reduction, ax, lead_shape
 
@@ -301,19 +402,26 @@ class _Loss:
         return self.denominator if self.normalizer is None else self.normalizer
 
     def run(self, grad_output=None, out=None):
-        """The loss and, for a call with ``want_grad``, its gradient (else None).
+        """The results and, for a call with ``want_grad``, the gradient (else None).
 
+        The results are the tuple (loss, z_loss, lse) of those asked for;
         `grad_output` and `out` are those of `cross_entropy_with_grad`.
         """
-        xp, job = self.xp, self.job
+        xp, job, sw = self.xp, self.job, self.sample_weight
         if job.out_kind == "grad":
             job = job.replace(**self._grad_args(grad_output, out))
-        loss, _, grad = self.engine.rows(xp, job)
-        loss = _reduce(xp, loss, self.reduction, self.lead_shape, self.divisor, self.empty)
-        if loss.dtype != self.input.dtype:  # float32 sums of half-precision logits
-            loss = xp.astype(loss, self.input.dtype, copy=False)
+        loss, lse, grad = self.engine.rows(xp, job)
+        if sw is not None:
+            loss = loss * sw
+        results = [self._reduce(loss)]
+        if self.returns[0]:  # zero on ignored rows, whose lse is 0
+            z = job.lse_square_scale * lse ** 2
+            results.append(self._reduce(z if sw is None else z * sw))
+        if self.returns[1]:
+            results.append(xp.astype(xp.reshape(lse, self.lead_shape), self.input.dtype,
+                                     copy=False))
         if job.out_kind != "grad":
-            return loss, None
+            return tuple(results), None
         if job.out is None:
             grad = _from_rows(xp, grad, self.lead_shape, self.axis)
             if out is not None:  # only a copy could give `out` as rows
@@ -321,12 +429,20 @@ class _Loss:
                 grad = out
         else:
             grad = out
-        return loss, grad
+        return tuple(results), grad
+
+    def _reduce(self, rows):
+        """Per-row values reduced as the loss, in the input's dtype."""
+        xp = self.xp
+        r = _reduce(xp, rows, self.reduction, self.lead_shape, self.divisor, self.empty)
+        if r.dtype != self.input.dtype:  # float32 sums of half-precision logits
+            r = xp.astype(r, self.input.dtype, copy=False)
+        return r
 
     def _grad_args(self, grad_output, out):
         """Job fields of the gradient: its scales and destination rows."""
         xp, input = self.xp, self.input
-        args = dict(grad_scale=1.0, grad_row_scale=None, out=None)
+        args = dict(grad_scale=1.0, grad_row_scale=self.sample_weight, out=None)
         if self.reduction == "none":
             if grad_output is not None:
                 go = xp.asarray(grad_output, dtype=_acc_dtype(xp, input.dtype),
@@ -335,7 +451,8 @@ class _Loss:
                     raise ValueError(f"`grad_output` must have the loss's shape "
                                      f"{self.lead_shape} for reduction='none', "
                                      f"got {tuple(go.shape)}")
-                args["grad_row_scale"] = xp.reshape(go, (-1,))
+                go = xp.reshape(go, (-1,))
+                args["grad_row_scale"] = go if self.sample_weight is None else go * self.sample_weight
         else:
             go = 1.0 if grad_output is None else _scalar(grad_output, "grad_output")
             if self.reduction == "mean":
@@ -356,12 +473,26 @@ class _Loss:
         return args
 
 
+def _weighted_count(xp, sample_weight, keep, weight, target):
+    """The mean's divisor with sample weights: the sum over kept rows of
+    ``sample_weight * weight[target]`` (of `sample_weight` without targets)."""
+    if keep is None:
+        return float(xp.sum(sample_weight))
+    v = sample_weight
+    if weight is not None:
+        v = v * xp.take(weight, xp.where(keep, target, xp.zeros_like(target)))
+    return float(xp.sum(xp.where(keep, v, xp.zeros_like(v))))
+
+
 def _scalar(value, what):
     """A Python float from a number or a one-element array."""
+    if isinstance(value, (str, bytes)):  # float() would parse them
+        raise TypeError(f"`{what}` must be a number, got {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"`{what}` must be a scalar for a reduced loss, got {value!r}") from None
+        raise TypeError(f"`{what}` must be a number or a one-element array, "
+                        f"got {value!r}") from None
 
 
 def _rows_view(xp, a, axis):

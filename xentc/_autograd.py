@@ -36,7 +36,7 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, call):
-        loss, grad = call.run()
+        results, grad = call.run()
         # An attribute, not saved: after handing the buffer on, ctx holds no
         # reference to it, which is what lets autograd adopt it.
         ctx.grad = grad
@@ -44,10 +44,13 @@ class _CrossEntropy(torch.autograd.Function):
         # Saved for autograd's check that the logits the job reads were not
         # modified in place before a second backward.
         ctx.save_for_backward(input)
-        return loss
+        # The z-loss and lse that come after the loss are reports: the loss
+        # already holds the z-loss's gradient.
+        ctx.mark_non_differentiable(*results[1:])
+        return results
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, *_):
         _refuse_double_backward("cross_entropy")
         grad, ctx.grad = ctx.grad, None
         call = ctx.call
@@ -62,31 +65,35 @@ class _CrossEntropy(torch.autograd.Function):
         return grad, None
 
 
-def cross_entropy(input, target, weight, build):
+def cross_entropy(input, arrays, build):
     """The loss of `input` as a node of torch's graph.
 
     Parameters
     ----------
     input : Tensor
         Logits that require grad.
-    target, weight : Tensor or array
-        As for `xentc.cross_entropy`; gradients with respect to them are not
-        computed, and asking for them is an error.
+    arrays : dict
+        The other arrays by name (target, weight, sample_weight: Tensor,
+        array or None); gradients with respect to them are not computed, and
+        asking for them is an error.
     build : callable
-        ``build(input, target, weight)`` of the detached tensors: the
-        validated loss call, with ``run(grad_output=None) -> (loss, grad)``,
-        ``reduction`` and ``axis`` (the class axis).
+        ``build(input, **arrays)`` of the detached tensors: the validated loss
+        call, with ``run(grad_output=None) -> (results, grad)``, ``reduction``
+        and ``axis`` (the class axis).
 
     Returns
     -------
-    Tensor
-        The loss, with a ``grad_fn``.
+    tuple of Tensor
+        The call's results: the loss, with a ``grad_fn``, then the z-loss
+        and lse when asked for.
     """
-    for name, t in (("weight", weight), ("target", target)):
+    for name, t in arrays.items():
         if isinstance(t, torch.Tensor) and t.requires_grad:
             raise NotImplementedError(f"xentc computes no gradient with respect to `{name}`; "
                                       f"detach it or use torch.nn.functional.cross_entropy")
-    return _CrossEntropy.apply(input, build(input.detach(), _detach(target), _detach(weight)))
+    results = _CrossEntropy.apply(
+        input, build(input.detach(), **{k: _detach(v) for k, v in arrays.items()}))
+    return results if isinstance(results, tuple) else (results,)
 
 
 class _Normalize(torch.autograd.Function):

@@ -19,6 +19,9 @@ cdef extern from "xentc.h" nogil:
         const void *weight
         int64_t ignore_index
         double label_smoothing
+        double logit_scale
+        double softcap
+        double lse_square_scale
         void *loss
         void *lse
         int out_kind
@@ -27,7 +30,7 @@ cdef extern from "xentc.h" nogil:
         double grad_scale
         const void *grad_row_scale
 
-    int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA
+    int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA, XENTC_ERR_MEMORY
     int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
     int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
     ctypedef struct xentc_proba:

@@ -111,6 +111,9 @@ cdef tuple _rows(job, const floating[:, :] x):
     r.weight = _vector("weight", weight, c)
     r.ignore_index = job.ignore_index
     r.label_smoothing = job.label_smoothing
+    r.logit_scale = job.logit_scale
+    r.softcap = 0.0 if job.softcap is None else job.softcap
+    r.lse_square_scale = job.lse_square_scale
     r.loss = <void *>_vector("loss", loss_view, n)
     r.lse = <void *>_vector("lse", lse_view, n)
     r.out_kind = _OUT_KINDS[job.out_kind]
@@ -134,6 +137,8 @@ cdef int _check(int status, const int64_t[::1] target, int64_t bad, int64_t n_cl
     """A C status as the exception the API promises."""
     if status == XENTC_ERR_TARGET:
         raise IndexError(f"`target` value {target[bad]} out of range for {n_classes} classes")
+    if status == XENTC_ERR_MEMORY:
+        raise MemoryError("xentc C core could not allocate its work buffer")
     if status != XENTC_OK:
         raise RuntimeError(f"xentc C core rejected its arguments (status {status})")
     return 0

@@ -17,21 +17,28 @@ __all__ = ["CrossEntropyLoss", "cross_entropy", "log_softmax", "softmax", "logsu
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, *, axis=None, n_threads=None, backend="auto",
-                  normalizer=None, empty="nan"):
+                  normalizer=None, empty="nan", logit_scale=1.0, softcap=None,
+                  lse_square_scale=0.0, sample_weight=None, return_z_loss=False,
+                  return_lse=False):
     """`xentc.cross_entropy` attached to torch's autograd.
 
-    Parameters and results are those of `xentc.cross_entropy`; the result
+    Parameters and results are those of `xentc.cross_entropy`; the loss
     has a ``grad_fn`` when `input` requires grad (and grad mode is on), and
-    its backward pass returns the gradient the forward pass already wrote.
-    Gradients with respect to `weight` or to probability targets are not
-    computed (torch does not compute the former either); asking for them is
-    an error. Differentiating twice raises an error.
+    its backward pass returns the gradient the forward pass already wrote
+    (the z-loss and lse returned beside it are not differentiable: the
+    loss's gradient already holds the z-loss's). Gradients with respect to
+    `weight`, `sample_weight` or probability targets are not computed (torch
+    does not compute the first either); asking for them is an error.
+    Differentiating twice raises an error.
     """
     # xentc.cross_entropy itself hands tensors that autograd follows to the
     # autograd node (xentc._autograd); this name is where torch users look.
     return _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
                           axis=axis, n_threads=n_threads, backend=backend,
-                          normalizer=normalizer, empty=empty)
+                          normalizer=normalizer, empty=empty, logit_scale=logit_scale,
+                          softcap=softcap, lse_square_scale=lse_square_scale,
+                          sample_weight=sample_weight, return_z_loss=return_z_loss,
+                          return_lse=return_lse)
 
 
 def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
@@ -70,7 +77,12 @@ class CrossEntropyLoss(torch.nn.Module):
     empty : {"nan", "zero"}, default "nan"
         What ``"mean"`` gives when nothing is left to average (keyword-only;
         see `xentc.cross_entropy`). `forward` takes a ``normalizer`` per call:
-        the kept-token count of the whole gradient-accumulation batch.
+        the kept-token count of the whole gradient-accumulation batch, and a
+        ``sample_weight`` per call.
+    logit_scale, softcap, lse_square_scale, return_z_loss, return_lse
+        Keyword-only, as for `xentc.cross_entropy`: with `return_z_loss`
+        or `return_lse` the module returns the tuple ``(loss, z_loss, lse)``
+        of those asked for.
 
     Examples
     --------
@@ -78,10 +90,18 @@ class CrossEntropyLoss(torch.nn.Module):
     >>> loss_fn = xentc.torch.CrossEntropyLoss(ignore_index=0)
     >>> x = torch.randn(4, 5, requires_grad=True)
     >>> loss_fn(x, torch.tensor([1, 0, 3, 4])).backward()
+
+    Gemma 2's capped logits with a z-loss, reporting the z-loss:
+
+    >>> loss_fn = xentc.torch.CrossEntropyLoss(softcap=30.0, lse_square_scale=1e-4,
+    ...                                        return_z_loss=True)
+    >>> loss, z_loss = loss_fn(x, torch.tensor([1, 0, 3, 4]))
     """
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean", label_smoothing=0.0, *, n_threads=None, empty="nan"):
+                 reduction="mean", label_smoothing=0.0, *, n_threads=None, empty="nan",
+                 logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
+                 return_lse=False):
         super().__init__()
         if size_average is not None or reduce is not None:
             raise ValueError("`size_average` and `reduce` are deprecated in torch; "
@@ -92,14 +112,26 @@ class CrossEntropyLoss(torch.nn.Module):
         self.label_smoothing = label_smoothing
         self.n_threads = n_threads
         self.empty = empty
+        self.logit_scale = logit_scale
+        self.softcap = softcap
+        self.lse_square_scale = lse_square_scale
+        self.return_z_loss = return_z_loss
+        self.return_lse = return_lse
 
-    def forward(self, input, target, *, normalizer=None):
+    def forward(self, input, target, *, normalizer=None, sample_weight=None):
         """The loss of `input` logits against `target`, as ``F.cross_entropy``;
-        ``"mean"`` divided by `normalizer` when given (see `xentc.cross_entropy`)."""
+        ``"mean"`` divided by `normalizer` when given, rows weighted by
+        `sample_weight` (see `xentc.cross_entropy`)."""
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
                              self.label_smoothing, n_threads=self.n_threads,
-                             normalizer=normalizer, empty=self.empty)
+                             normalizer=normalizer, empty=self.empty,
+                             logit_scale=self.logit_scale, softcap=self.softcap,
+                             lse_square_scale=self.lse_square_scale,
+                             sample_weight=sample_weight, return_z_loss=self.return_z_loss,
+                             return_lse=self.return_lse)
 
     def extra_repr(self):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing}, empty={self.empty!r}")
+                f"label_smoothing={self.label_smoothing}, empty={self.empty!r}, "
+                f"logit_scale={self.logit_scale}, softcap={self.softcap}, "
+                f"lse_square_scale={self.lse_square_scale}")

@@ -8,16 +8,21 @@ once and a new option is one field of the job::
 ``job.x`` is an (M, C) array of namespace ``xp`` (classes on the last axis),
 ``job.target`` (M,) int64 class indices already checked to lie in ``[0, C)``
 or equal ``ignore_index``, ``job.soft`` (M, C) class probabilities,
-``job.weight`` (C,) in the accumulation dtype. Per row (``lse`` = log-sum-exp
-of the row, ``e`` = label_smoothing, ``w`` = weight or ones)::
+``job.weight`` (C,) in the accumulation dtype. Each row is computed on
+``z = softcap * tanh(logit_scale * x / softcap)`` (``z = logit_scale * x``
+without a softcap). Per row (``lse`` = log-sum-exp of z, ``e`` =
+label_smoothing, ``w`` = weight or ones, ``zls`` = lse_square_scale)::
 
-    loss = (1 - e) * w[y] * (lse - x[y]) + e / C * sum_c w[c] * (lse - x[c])
-    loss = 0                                          where y == ignore_index
-    loss = sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - x[c])  (soft q)
+    loss = (1 - e) * w[y] * (lse - z[y]) + e / C * sum_c w[c] * (lse - z[c])
+           + zls * lse**2
+    loss = lse = 0                                    where y == ignore_index
+    loss = sum_c w[c] * ((1 - e) * q[c] + e / C) * (lse - z[c]) + zls * lse**2
+                                                                  (soft q)
 
-``job.out_kind`` asks for a second (M, C) result: "log_softmax", "softmax"
-or "grad" (the gradient of ``grad_scale * grad_row_scale[i] * loss[i]`` with
-respect to x; rows with ``y == ignore_index`` are zero). ``job.out`` may be
+``job.out_kind`` asks for a second (M, C) result: "log_softmax" or
+"softmax" of z, or "grad" (the gradient of ``grad_scale * grad_row_scale[i]
+* loss[i]`` with respect to x, through dz/dx; rows with ``y ==
+ignore_index`` are zero). ``job.out`` may be
 given as the destination, including ``x`` itself. Results are in ``xp``:
 ``out`` in x's dtype, ``loss`` and ``lse`` in the accumulation dtype
 (float32 for float16 / bfloat16 ``x``, else x's dtype; ``weight`` and

@@ -22,6 +22,18 @@ def _block_rows(xp, job):
     x, target, soft, weight = job.x, job.target, job.soft, job.weight
     e, grad_row_scale = job.label_smoothing, job.grad_row_scale
     n_classes = x.shape[1]
+    # The rows are those of z = cap * tanh(s * x / cap) (or s * x); the
+    # gradient is taken back to x at the end through dz/dx.
+    s, cap, zls = job.logit_scale, job.softcap, job.lse_square_scale
+    dzdx = None
+    if cap is not None:
+        u = x * (s / cap)
+        x = cap * xp.tanh(u)
+        # 1 - tanh(u)**2 as 1 / cosh(u)**2: no cancellation where tanh is
+        # close to 1 (cosh overflowing to inf gives the right 0).
+        dzdx = s / xp.cosh(u) ** 2
+    elif s != 1:
+        x = s * x
     m = xp.max(x, axis=1, keepdims=True)
     # torch.logsumexp shifts by 0 where the max is infinite, so a row with
     # +inf gives inf and a row of -inf gives -inf ...
@@ -46,10 +58,16 @@ def _block_rows(xp, job):
         loss = (1 - e) * w_y * nll
         if e > 0:
             loss = loss + e / n_classes * xp.sum(w * (ls - d), axis=1)
+        if zls:
+            loss = loss + zls * lse ** 2
         loss = xp.where(keep, loss, xp.zeros_like(loss))
+        # An ignored row is not read: its lse is 0, as its loss.
+        lse = xp.where(keep, lse, xp.zeros_like(lse))
     elif soft is not None:
         coef = w * (soft * (1 - e) + e / n_classes)
         loss = xp.sum(coef * (ls - d), axis=1)
+        if zls:
+            loss = loss + zls * lse ** 2
 
     out = None
     if job.out_kind == "log_softmax":
@@ -67,7 +85,14 @@ def _block_rows(xp, job):
             coef = (1 - e) * w_y[:, None] * onehot + e / n_classes * w
         # g * A * p - g * coef, not g * (A * p - coef): a scale of 1/0 then
         # gives NaN over the row, as torch's 0 * inf at the target does.
-        out = g * xp.sum(coef, axis=1, keepdims=True) * p - g * coef
+        alpha = xp.sum(coef, axis=1, keepdims=True)
+        if zls:  # d(zls * lse**2) = 2 * zls * lse * p
+            alpha = alpha + 2 * zls * lse[:, None]
+        out = g * alpha * p - g * coef
+        if dzdx is not None:
+            out = out * dzdx
+        elif s != 1:
+            out = out * s
         if target is not None:  # ignored rows are exactly 0, whatever their logits
             out = xp.where(keep[:, None], out, xp.zeros_like(out))
     return loss, lse, out
