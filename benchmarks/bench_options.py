@@ -70,9 +70,9 @@ def main(argv=None):
         samples = time_interleaved(cases, repeat=repeat)
         print(f"{n}x{c}")
         print(f"  {'option':<15}{'fwd+bwd ms':>12}{'ratio':>8}{'fwd ms':>10}{'ratio':>8}{'bar':>6}")
-        base = {kind: median_ms(samples[f"{kind} default"]) for kind in ("fwd+bwd", "fwd")}
+        base = {kind: median_ms(samples[f"{kind} default"]["times"]) for kind in ("fwd+bwd", "fwd")}
         for name in OPTIONS:
-            row = [median_ms(samples[f"{kind} {name}"]) for kind in ("fwd+bwd", "fwd")]
+            row = [median_ms(samples[f"{kind} {name}"]["times"]) for kind in ("fwd+bwd", "fwd")]
             bar = BARS.get(name, DEFAULT_BAR)
             print(f"  {name:<15}{row[0]:>12.2f}{row[0] / base['fwd+bwd']:>8.2f}"
                   f"{row[1]:>10.2f}{row[1] / base['fwd']:>8.2f}{bar:>6.2f}")

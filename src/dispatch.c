@@ -256,19 +256,25 @@ static void rows_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1, int tid)
     job->fn(r, i0, i1, job->scratch ? job->scratch + (size_t)tid * job->scratch_bytes : NULL);
 }
 
-static int run_rows(const xentc_rows *r, int n_threads, int64_t *bad_row, xentc_rows_fn fn,
+static int run_rows(const xentc_rows *rows, int n_threads, int64_t *bad_row, xentc_rows_fn fn,
                     size_t elem_size)
 {
-    if (!r || r->n_rows < 0 || r->n_classes < 1 || (r->n_rows > 0 && !r->x) ||
+    if (!rows)
+        return XENTC_ERR_ARG;
+    xentc_rows norm = *rows; /* a zeroed struct asks for the plain loss */
+    if (norm.logit_scale == 0.0)
+        norm.logit_scale = 1.0;
+    const xentc_rows *r = &norm;
+    if (r->n_rows < 0 || r->n_classes < 1 || (r->n_rows > 0 && !r->x) ||
         (r->target && r->soft) || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
         (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft) ||
         !(r->logit_scale > 0.0 && isfinite(r->logit_scale)) ||
         !(r->softcap >= 0.0 && isfinite(r->softcap)) || !isfinite(r->lse_square_scale))
         return XENTC_ERR_ARG;
     rows_job job = {r, fn, NULL, 0, -1};
-    if (r->logit_scale != 1.0 || r->softcap > 0.0) {
-        /* Transformed rows are written to a buffer per thread, allocated
-           once per call (row_kernels.h: xentc_rows_fn). */
+    if ((r->logit_scale != 1.0 || r->softcap > 0.0) && r->n_classes <= XENTC_SCRATCH_C) {
+        /* Transformed short rows are written to a buffer per thread,
+           allocated once per call (row_kernels.h: xentc_rows_fn). */
         const int64_t n_chunks = chunk_count(r->n_rows, r->n_classes);
         const int nt = thread_count(n_threads, n_chunks);
         job.scratch_bytes = 2 * (size_t)chunk_rows(r->n_classes) * (size_t)r->n_classes * elem_size;

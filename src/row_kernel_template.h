@@ -131,6 +131,114 @@ void XENTC_FN(xentc_exp)(const void *in, void *out, int64_t n)
     }
 }
 
+/*
+ * The row transform z = T(x): s * x, or cap * tanh(k * x) with k = s / cap
+ * (xentc_rows' logit_scale and softcap), and dz/dx. float32 takes a
+ * rational tanh (TANH_P, row_kernels.c). float64's softcap, with
+ * a = |k x|, E = expm1(-2a) and e = exp(-2a) = 1 + E: tanh(a) = -E / (2 + E)
+ * and 1 - tanh^2 = 4 e / (2 + E)^2, neither cancelling. Both come from one
+ * range reduction of vexp_n's: -2a = k2 ln2 + r, P(r) = 1 + r Q(r), and
+ * E = 2^k2 (r Q(r)) + (2^k2 - 1), in which 2^k2 - 1 is exact and, for
+ * k2 = 0 (small a), the rounding of 1 + r Q(r) never happens: small a keep
+ * their relative precision, as expm1's.
+ */
+typedef struct {
+    int on, cap_on;
+    TYPE s, k, cap;
+} XENTC_FN(ztrans);
+
+static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
+{
+    XENTC_FN(ztrans) t;
+    t.cap_on = r->softcap > 0.0;
+    t.on = t.cap_on || r->logit_scale != 1.0;
+    t.s = (TYPE)r->logit_scale;
+    t.cap = (TYPE)(t.cap_on ? r->softcap : 1.0);
+    t.k = (TYPE)(r->logit_scale / (t.cap_on ? r->softcap : 1.0));
+    return t;
+}
+
+static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztrans) *t, VT x,
+                                                              VT *dz)
+{
+    if (!t->cap_on) {
+        if (dz)
+            *dz = XENTC_FN(splat)(t->s);
+        return x * t->s;
+    }
+#ifdef TANH_P /* the rational tanh of row_kernels.c */
+    const VT u = x * t->k;
+    const VIT sign = (VIT)u & (VIT)XENTC_FN(splat)(-0.0);
+    const VT au = (VT)((VIT)u ^ sign), sat = XENTC_FN(splat)(TANH_SAT);
+    const VT a = XENTC_FN(sel)(au > sat, sat, au), y = a * a; /* NaN kept */
+    VT p = XENTC_FN(splat)(TANH_P[TANH_NP - 1]), q = XENTC_FN(splat)(TANH_Q[TANH_NQ - 1]);
+    for (int i = TANH_NP - 2; i >= 0; i--)
+        p = p * y + TANH_P[i];
+    for (int i = TANH_NQ - 2; i >= 0; i--)
+        q = q * y + TANH_Q[i];
+#ifdef XENTC_RCP_EST
+    VT rq = XENTC_RCP_EST(q);
+    rq = rq * (2 - q * rq);
+#else
+    const VT rq = 1 / q;
+#endif
+    const VT th = XENTC_FN(sel)(au >= sat, XENTC_FN(splat)(1), a * p * rq);
+    if (dz) /* 1 - th^2 is exactly 0 where th is 1, as torch's */
+        *dz = t->s * (1 - th * th);
+    VT z = t->cap * th;
+    XENTC_OPAQUE(z);
+    return (VT)((VIT)z | sign);
+#else
+    const VT lo = XENTC_FN(splat)(EXP_LO), shift = XENTC_FN(splat)(EXP_SHIFT + EXP_BIAS);
+    const VT u = x * t->k;
+    const VIT neg = u < 0;
+    VT d = XENTC_FN(sel)(neg, u, -u) * 2; /* -2a, NaN kept */
+    const VIT under = d < lo;            /* e = 0 there: exp(-inf) = 0 */
+    d = XENTC_FN(max)(lo, d);
+    const VT tk = d * (TYPE)1.44269504088896340736 + shift, k2 = tk - shift;
+    const VT r = (d - k2 * LN2_HI) - k2 * LN2_LO;
+    VT q = XENTC_FN(splat)((TYPE)EXP_COEF[EXP_DEGREE]);
+    for (int i = EXP_DEGREE - 1; i >= 1; i--)
+        q = q * r + (TYPE)EXP_COEF[i];
+    const VT pk = (VT)((VIT)tk << EXP_MANT), rq = r * q;
+    const VT em1 = pk * rq + (pk - 1);
+    const VT e = (VT)(~under & (VIT)(pk * rq + pk));
+    const VT rden = 1 / (2 + em1), th = -em1 * rden;
+    if (dz)
+        *dz = (4 * t->s) * e * (rden * rden);
+    VT z = t->cap * th;
+    XENTC_OPAQUE(z);
+    return XENTC_FN(sel)(neg, -z, z);
+#endif
+}
+
+/* z - m for logits x of a transformed row, exactly 0 at the row's max:
+   (x - mx) * s for a scale alone (vm = mx, the max of x), T(x) - m with a
+   softcap (vm = m = T(mx)). */
+static inline __attribute__((always_inline)) VT XENTC_FN(zd)(const XENTC_FN(ztrans) *t, VT x,
+                                                              VT vm, VT *dz)
+{
+    if (t->cap_on)
+        return XENTC_FN(zv)(t, x, dz) - vm;
+    if (dz)
+        *dz = XENTC_FN(splat)(t->s);
+    return (x - vm) * t->s;
+}
+
+/* T(v) of one value, bit for bit the vector lanes' result: XENTC_OPAQUE
+   keeps the compiler from fusing zv's last product into a multiply-add with
+   the "- m" that follows it in a row's lanes (it sees through the sign's
+   bit operations), which would leave T(max) - m at a product's rounding
+   error instead of exactly 0. */
+static inline TYPE XENTC_FN(z1)(const XENTC_FN(ztrans) *t, TYPE v, TYPE *dz)
+{
+    VT d;
+    const VT z = XENTC_FN(zv)(t, XENTC_FN(splat)(v), &d);
+    if (dz)
+        *dz = d[0];
+    return z[0];
+}
+
 /* Max of x[0, n), ignoring NaN (a NaN still poisons the sum of exps). */
 static inline TYPE XENTC_FN(block_max)(const TYPE *x, int64_t n)
 {
@@ -181,13 +289,16 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
  * close to 1 (a confident prediction, whose loss is then tiny).
  *
  * acc[0] += sum of exp(x - m) over x != m, acc[3] += count of x == m; with
- * lin, also acc[1] += sum c * (x - m) and acc[2] += sum c. Keeping x - m (not x) in the linear sum keeps it exact
- * for logits of any magnitude.
+ * lin, also acc[1] += sum c * (x - m) and acc[2] += sum c. Keeping x - m
+ * (not x) in the linear sum keeps it exact for logits of any magnitude.
+ * With zt, x - m is z - m (see zd: m is then the max of x for a scale
+ * alone, of z with a softcap), taken in registers as the logits stream in,
+ * and the kept exps are stored times dz/dx.
  */
 static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                                  const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
-                                 double acc[4], TYPE *store)
+                                 double acc[4], TYPE *store, const XENTC_FN(ztrans) *zt)
 {
     const VT vm = XENTC_FN(splat)(m);
     VT s = {0}, sl = {0}, sc = {0};
@@ -204,12 +315,17 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                units, so its max sweep does not wait on memory. */
             for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
                 __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
-            for (int u = 0; u < 4; u++)
-                d[u] = XENTC_FN(load)(x + j + u * NL) - vm;
+            VT dz[4];
+            for (int u = 0; u < 4; u++) {
+                d[u] = XENTC_FN(load)(x + j + u * NL);
+                d[u] = zt ? XENTC_FN(zd)(zt, d[u], vm, store ? &dz[u] : NULL) : d[u] - vm;
+            }
             if (store) { /* kept exps are values a caller sees: exp(-inf) = 0 */
                 XENTC_FN(vexp_n)(d, 4, 1);
-                for (int u = 0; u < 4; u++)
-                    memcpy(store + j + u * NL, &d[u], sizeof d[u]);
+                for (int u = 0; u < 4; u++) {
+                    const VT o = zt ? d[u] * dz[u] : d[u];
+                    memcpy(store + j + u * NL, &o, sizeof o);
+                }
             } else {
                 XENTC_FN(vexp_n)(d, 4, 0);
             }
@@ -223,19 +339,20 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
     }
     for (; j < n; j += NL) {
         const int64_t len = n - j < NL ? n - j : NL;
-        VT d;
+        VT d, dz;
         VIT live;
         if (len == NL) {
-            d = XENTC_FN(load)(x + j) - vm;
+            d = XENTC_FN(load)(x + j);
             live = lane == lane;
         } else {
-            d = XENTC_FN(load_part)(x + j, len) - vm;
+            d = XENTC_FN(load_part)(x + j, len);
             live = lane < (TYPE)len;
         }
+        d = zt ? XENTC_FN(zd)(zt, d, vm, store ? &dz : NULL) : d - vm;
         const VIT top = live & (d == 0);
         const VT ev = XENTC_FN(vexp)(d);
         if (store)
-            XENTC_FN(store_part)(store + j, ev, len);
+            XENTC_FN(store_part)(store + j, zt ? ev * dz : ev, len);
         s += XENTC_FN(sel)(live & ~top, ev, XENTC_FN(splat)(0));
         ones += top;
         if (lin) {
@@ -257,10 +374,32 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
    larger max bm (the online softmax's rescaling). */
 static inline void XENTC_FN(rebase)(double acc[4], double m, double bm)
 {
-    if (acc[3] > 0.0) { /* the old maxima are no longer exact ones */
+    /* Whether or not the old maxima were counted as exact ones: a
+       transformed row's max is computed apart from its lanes, and may
+       differ from them in the last bit. */
+    if (m > -INFINITY) { /* the old maxima are no longer exact ones */
         acc[0] = (acc[0] + acc[3]) * exp(m - bm);
         acc[3] = 0.0;
         acc[1] -= (bm - m) * acc[2];
+    }
+}
+
+/* z[0, n) = T(x[0, n)) and dz/dx into dz (when given); pulls the next
+   block of x towards L1 as block_sums does for untransformed rows. */
+static void XENTC_FN(z_block)(const XENTC_FN(ztrans) *t, const TYPE *x, int64_t n, TYPE *z,
+                              TYPE *dz)
+{
+    for (int64_t j = 0; j < n; j += NL) {
+        const int64_t len = n - j < NL ? n - j : NL;
+        if ((j & (4 * NL - 1)) == 0)
+            for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
+                __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
+        VT d;
+        const VT z_ = XENTC_FN(zv)(t, len == NL ? XENTC_FN(load)(x + j)
+                                                : XENTC_FN(load_part)(x + j, len), dz ? &d : NULL);
+        XENTC_FN(store_part)(z + j, z_, len);
+        if (dz)
+            XENTC_FN(store_part)(dz + j, d, len);
     }
 }
 
@@ -269,9 +408,11 @@ typedef struct {
     const TYPE *x, *w, *q; /* q: this row's soft target, NULL for class targets */
     TYPE *out;
     int64_t y;      /* target, -1 without class targets */
-    double xy;      /* x[y], read before an in-place gradient overwrites it */
+    double xy;      /* z[y], read before an in-place gradient overwrites x[y] */
+    TYPE dzy;       /* dz/dx at y */
     TYPE qa, qb;    /* soft coefficient: w * (qa * q + qb) */
     int lin;        /* the linear sums are needed */
+    XENTC_FN(ztrans) zt; /* the row transform */
     double alpha, beta, gamma; /* grad: alpha * p_c - beta * coef_c - gamma * [c == y] */
 } XENTC_FN(row_ctx);
 
@@ -286,7 +427,15 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
     c.q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
     c.out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
     c.y = r->target ? r->target[i] : -1;
-    c.xy = c.y >= 0 && c.y < r->n_classes ? (double)c.x[c.y] : 0.0;
+    c.zt = XENTC_FN(ztrans_of)(r);
+    c.xy = 0.0;
+    c.dzy = 1;
+    if (c.y >= 0 && c.y < r->n_classes) {
+        c.xy = (double)c.x[c.y];
+        if (c.zt.on) /* as zmax */
+            c.xy = c.zt.cap_on ? (double)XENTC_FN(z1)(&c.zt, c.x[c.y], &c.dzy)
+                               : (c.dzy = c.zt.s, c.xy * (double)c.zt.s);
+    }
     c.qa = (TYPE)(1.0 - e);
     c.qb = (TYPE)(e / (double)r->n_classes);
     c.lin = r->soft != NULL || (r->target && e > 0.0);
@@ -366,19 +515,20 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
 static inline void XENTC_FN(grad_target)(const xentc_rows *r, const XENTC_FN(row_ctx) *c)
 {
     if (r->out_kind == XENTC_OUT_GRAD && r->target)
-        c->out[c->y] = (TYPE)((double)c->out[c->y] - c->gamma);
+        c->out[c->y] = (TYPE)((double)c->out[c->y] - c->gamma * (double)c->dzy);
 }
 
 /* Long rows: vector second pass over row x (from cache): out = f(x - m - ls). */
 static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *c,
-                                  TYPE m, TYPE ls)
+                                  TYPE mx, TYPE m, TYPE ls)
 {
     const int64_t C = r->n_classes;
-    const VT vm = XENTC_FN(splat)(m), vls = XENTC_FN(splat)(ls);
+    const VT vm = XENTC_FN(splat)(c->zt.on && !c->zt.cap_on ? mx : m), vls = XENTC_FN(splat)(ls);
     const TYPE alpha = (TYPE)c->alpha, beta = (TYPE)c->beta;
     for (int64_t j = 0; j < C; j += NL) {
         const int64_t len = C - j < NL ? C - j : NL;
-        VT d = (len == NL ? XENTC_FN(load)(c->x + j) : XENTC_FN(load_part)(c->x + j, len)) - vm - vls;
+        VT d = len == NL ? XENTC_FN(load)(c->x + j) : XENTC_FN(load_part)(c->x + j, len), dz;
+        d = (c->zt.on ? XENTC_FN(zd)(&c->zt, d, vm, &dz) : d - vm) - vls;
         VT o;
         if (r->out_kind == XENTC_OUT_LOG_SOFTMAX) {
             o = d;
@@ -387,6 +537,8 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
         } else {
             VT cf = XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb);
             o = alpha * XENTC_FN(vexp)(d) - beta * cf;
+            if (c->zt.on)
+                o *= dz;
         }
         XENTC_FN(store_part)(c->out + j, o, len);
     }
@@ -430,6 +582,34 @@ static void XENTC_FN(grad_row_inf)(const xentc_rows *r, int64_t i, const XENTC_F
         c->out[k] = NAN;
 }
 
+/*
+ * block_sums over logits [b, b + n) of a row, of its z when the row is
+ * transformed; mx and m are the row's running max of x and of z. With
+ * `store` (the kept exps of the gradient) each exp is stored times dz/dx:
+ * the sweep that scales them to alpha * p then gives the gradient with
+ * respect to x, where the coefficient terms (beta) are 0.
+ */
+static inline void XENTC_FN(row_sums)(const XENTC_FN(row_ctx) *c, int64_t b, int64_t n, TYPE mx,
+                                      double m, double acc[4], TYPE *store)
+{
+    const TYPE *w = c->w ? c->w + b : NULL, *q = c->q ? c->q + b : NULL;
+    /* Two calls, so that the untransformed one is compiled without zt. */
+    if (c->zt.on)
+        XENTC_FN(block_sums)(c->x + b, w, q, n, c->zt.cap_on ? (TYPE)m : mx, c->lin, c->qa,
+                             c->qb, acc, store, &c->zt);
+    else
+        XENTC_FN(block_sums)(c->x + b, w, q, n, mx, c->lin, c->qa, c->qb, acc, store, NULL);
+}
+
+/* z of a row's max of x, in double: exact for a scale alone, so that lse
+   and the loss's z[y] are the products' exact values. */
+static inline double XENTC_FN(zmax)(const XENTC_FN(row_ctx) *c, TYPE mx)
+{
+    if (!c->zt.on)
+        return mx;
+    return c->zt.cap_on ? (double)XENTC_FN(z1)(&c->zt, mx, NULL) : (double)mx * (double)c->zt.s;
+}
+
 /* Blocks of one row whose kept exps share one reference max: at most this
    many, then the exps kept so far are rescaled to the newest max. */
 #define GRAD_SEGS 32
@@ -447,21 +627,30 @@ static void XENTC_FN(grad_row_inf)(const xentc_rows *r, int64_t i, const XENTC_F
 static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
 {
     const int64_t C = r->n_classes;
-    const TYPE *x = c->x, *w = c->w, *q = c->q;
+    if (c->zt.on && c->lin) /* kept exps times dz/dx leave no room for beta */
+        return 0;
+    TYPE mx = -INFINITY;
     double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t seg_start[GRAD_SEGS + 1], skipped = 0;
     double seg_m[GRAD_SEGS];
     int n_seg = 0;
     for (int64_t b = 0; b < C; b += BLOCK) {
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
-        const double bm = XENTC_FN(block_max)(x + b, n);
-        if (bm == INFINITY) {
+        const TYPE bx = XENTC_FN(block_max)(c->x + b, n);
+        if (!(bx > mx)) {
+            /* the max stays */
+        } else if (XENTC_FN(zmax)(c, bx) == INFINITY) {
             XENTC_FN(grad_row_inf)(r, i, c, acc[0], skipped, b);
             return 1;
-        }
-        if (bm > m) {
+        } else if (XENTC_FN(zmax)(c, bx) <= m) {
+            /* a softcap's saturation (same z), or its tanh's rounding: an
+               ulp below the z of a smaller x. m stays, mx is x's max. */
+            mx = bx;
+        } else {
+            const double bm = XENTC_FN(zmax)(c, bx);
             XENTC_FN(rebase)(acc, m, bm);
             m = bm;
+            mx = bx;
             if (n_seg == GRAD_SEGS) { /* full: fold them into one, on the new max */
                 seg_start[n_seg] = b;
                 for (int k = 0; k < n_seg; k++) {
@@ -479,14 +668,13 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
             skipped = b + n;
             continue;
         }
-        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL, n, (TYPE)m, c->lin, c->qa,
-                             c->qb, acc, c->out + b);
+        XENTC_FN(row_sums)(c, b, n, mx, m, acc, c->out + b);
     }
     if (m == -INFINITY)
         return 0;
     /* -inf logits before the first finite one, against the final max */
     if (skipped > 0)
-        XENTC_FN(block_sums)(x, w, q, skipped, (TYPE)m, c->lin, c->qa, c->qb, acc, c->out);
+        XENTC_FN(row_sums)(c, 0, skipped, mx, m, acc, c->out);
     const double ls = log1p((acc[3] - 1.0) + acc[0]);
     XENTC_FN(finish)(r, i, c, m, ls, acc);
     if (skipped > 0)
@@ -506,34 +694,40 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
         return;
     if (r->out_kind == XENTC_OUT_GRAD && XENTC_FN(grad_row_kept_exps)(r, i, &c))
         return;
-    const TYPE *x = c.x, *w = c.w, *q = c.q;
+    TYPE mx = -INFINITY;
     double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t skipped = 0; /* leading elements seen while m was still -inf */
     for (int64_t b = 0; b < C; b += BLOCK) {
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
-        const double bm = XENTC_FN(block_max)(x + b, n);
-        if (bm > m) {
-            XENTC_FN(rebase)(acc, m, bm);
-            m = bm;
+        const TYPE bx = XENTC_FN(block_max)(c.x + b, n);
+        if (bx > mx) {
+            const double bm = XENTC_FN(zmax)(&c, bx);
+            if (bm > m) { /* not at a softcap's saturation, or its rounding (see above) */
+                XENTC_FN(rebase)(acc, m, bm);
+                m = bm;
+            }
+            mx = bx;
         }
         if (m == -INFINITY) {
             skipped = b + n;
             continue;
         }
-        XENTC_FN(block_sums)(x + b, w ? w + b : NULL, q ? q + b : NULL, n, (TYPE)m, c.lin, c.qa, c.qb, acc,
-                             NULL);
+        XENTC_FN(row_sums)(&c, b, n, mx, m, acc, NULL);
     }
+    /* A softcap maps a row of -inf to -softcap's: a max after all. */
+    if (m == -INFINITY && c.zt.cap_on)
+        m = XENTC_FN(zmax)(&c, mx);
     /* -inf logits before the first finite one: their exp is 0 but their
        linear terms are -inf (or NaN with a zero coefficient), as in torch. */
     if (skipped > 0 && m > -INFINITY)
-        XENTC_FN(block_sums)(x, w, q, skipped, (TYPE)m, c.lin, c.qa, c.qb, acc, NULL);
+        XENTC_FN(row_sums)(&c, 0, skipped, mx, m, acc, NULL);
     /* log(ones + rest) as log1p((ones - 1) + rest), exact when the sum is near
        1; a row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
     const double ls = m > -INFINITY ? log1p((acc[3] - 1.0) + acc[0]) : NAN;
     XENTC_FN(finish)(r, i, &c, m, ls, acc);
     if (!c.out)
         return;
-    XENTC_FN(second_pass)(r, &c, (TYPE)m, (TYPE)ls);
+    XENTC_FN(second_pass)(r, &c, mx, (TYPE)m, (TYPE)ls);
     XENTC_FN(grad_target)(r, &c);
 }
 
@@ -601,7 +795,7 @@ static inline double XENTC_FN(short_excess)(const TYPE *p, int64_t n, int64_t on
  * is scalar and cheap.
  */
 /* Rows up to this many classes take the batched path. */
-#define SHORT_C ((int64_t)64)
+#define SHORT_C ((int64_t)XENTC_SCRATCH_C)
 #define SHORT_BUF ((int64_t)2048)
 #define SHORT_ROWS ((int64_t)256)
 
@@ -820,56 +1014,20 @@ static void XENTC_FN(plain_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 }
 
 /*
- * z = cap * tanh(k * x) with k = s / cap, for x[0, n), and dz/dx = s * (1 -
- * tanh^2) when dz is given. With a = |k x| and E = expm1(-2a): tanh(a) =
- * -E / (2 + E) and 1 - tanh^2 = 4 (1 + E) / (2 + E)^2, neither cancelling.
- * E is exp's own polynomial less its constant term where -2a needs no range
- * reduction (2a <= ln2/2), so small a keep their relative precision; beyond,
- * E = exp(-2a) - 1 with |E| >= 0.29, where exp's error (an ulp of a value
- * below 1) is under two ulp of E.
- */
-static void XENTC_FN(softcap)(const TYPE *x, int64_t n, TYPE *z, TYPE *dz, TYPE s, TYPE cap)
-{
-    const VT k = XENTC_FN(splat)(s / cap), vcap = XENTC_FN(splat)(cap);
-    const VT small = XENTC_FN(splat)((TYPE)0.17328679513998632); /* ln2 / 4 */
-    for (int64_t j = 0; j < n; j += NL) {
-        const int64_t len = n - j < NL ? n - j : NL;
-        const VT u = (len == NL ? XENTC_FN(load)(x + j) : XENTC_FN(load_part)(x + j, len)) * k;
-        const VIT neg = u < 0;
-        const VT d = XENTC_FN(sel)(neg, u, -u) * 2; /* -2|u|, NaN kept */
-        VT p = XENTC_FN(splat)((TYPE)EXP_COEF[EXP_DEGREE]);
-        for (int i = EXP_DEGREE - 1; i >= 1; i--)
-            p = p * d + (TYPE)EXP_COEF[i];
-        const VT e = XENTC_FN(vexp)(d); /* 0 for u = +-inf */
-        const VT em1 = XENTC_FN(sel)(-d <= 2 * small, p * d, e - 1);
-        const VT den = 2 + em1, t = -em1 / den;
-        XENTC_FN(store_part)(z + j, vcap * XENTC_FN(sel)(neg, -t, t), len);
-        if (dz)
-            XENTC_FN(store_part)(dz + j, (4 * s) * e / (den * den), len);
-    }
-}
-
-/*
- * Rows of z = logit_scale * x or softcap * tanh(logit_scale * x / softcap):
- * z (and dz/dx for a gradient) are written to `scratch` for the chunk's
- * rows, the plain kernel runs on z, and the gradient it wrote (with respect
- * to z) is multiplied by dz/dx. The scratch stays in cache between the
- * steps, so the logits are still read from memory once.
+ * Short rows of z = T(x): z (and dz/dx for a gradient) of the chunk's rows
+ * are written to `scratch`, the batched paths run on z, and the gradient
+ * they wrote (with respect to z) is multiplied by dz/dx. The scratch stays
+ * in cache between the steps.
  */
 static void XENTC_FN(transformed_rows)(const xentc_rows *r, int64_t i0, int64_t i1, TYPE *scratch)
 {
     const int64_t C = r->n_classes, n = i1 - i0;
-    const int grad = r->out_kind == XENTC_OUT_GRAD, cap = r->softcap > 0.0;
-    const TYPE s = (TYPE)r->logit_scale;
+    const int grad = r->out_kind == XENTC_OUT_GRAD;
+    const XENTC_FN(ztrans) zt = XENTC_FN(ztrans_of)(r);
     TYPE *const z = scratch, *const dz = scratch + n * C;
-    for (int64_t i = 0; i < n; i++) {
-        const TYPE *x = (const TYPE *)r->x + (i0 + i) * r->x_stride;
-        if (cap)
-            XENTC_FN(softcap)(x, C, z + i * C, grad ? dz + i * C : NULL, s, (TYPE)r->softcap);
-        else
-            for (int64_t j = 0; j < C; j++)
-                z[i * C + j] = s * x[j];
-    }
+    for (int64_t i = 0; i < n; i++)
+        XENTC_FN(z_block)(&zt, (const TYPE *)r->x + (i0 + i) * r->x_stride, C, z + i * C,
+                          grad ? dz + i * C : NULL);
     xentc_rows sub = *r;
     sub.n_rows = n;
     sub.x = z;
@@ -889,18 +1047,17 @@ static void XENTC_FN(transformed_rows)(const xentc_rows *r, int64_t i0, int64_t 
         if (sub.target && sub.target[i] == r->ignore_index)
             continue; /* exactly 0, whatever dz/dx (NaN for a NaN logit) */
         TYPE *o = (TYPE *)sub.out + i * r->out_stride;
-        if (cap)
-            for (int64_t j = 0; j < C; j++)
-                o[j] *= dz[i * C + j];
-        else
-            for (int64_t j = 0; j < C; j++)
-                o[j] *= s;
+        for (int64_t j = 0; j < C; j++)
+            o[j] *= dz[i * C + j];
     }
 }
 
+/* Rows [i0, i1). Long rows apply the transform block by block as they
+   stream in (row_sums, second_pass); short ones, whose paths batch rows,
+   go through the scratch (row_kernels.h: XENTC_SCRATCH_C). */
 void XENTC_FN(xentc_rows)(const xentc_rows *r, int64_t i0, int64_t i1, void *scratch)
 {
-    if (r->logit_scale != 1.0 || r->softcap > 0.0)
+    if ((r->logit_scale != 1.0 || r->softcap > 0.0) && r->n_classes <= XENTC_SCRATCH_C)
         XENTC_FN(transformed_rows)(r, i0, i1, (TYPE *)scratch);
     else
         XENTC_FN(plain_rows)(r, i0, i1);

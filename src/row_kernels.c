@@ -20,6 +20,18 @@
 #include <immintrin.h>
 #endif
 
+/* XENTC_OPAQUE(v): v is computed here, rounded, whatever follows (no
+   multiply-add fuses across it); an empty asm on the vector's register. */
+#if defined(__AVX512F__)
+#define XENTC_OPAQUE(v) __asm__("" : "+v"(v))
+#elif defined(__SSE2__)
+#define XENTC_OPAQUE(v) __asm__("" : "+x"(v))
+#elif defined(__aarch64__)
+#define XENTC_OPAQUE(v) __asm__("" : "+w"(v))
+#else /* no vector multiply-add to fuse into */
+#define XENTC_OPAQUE(v) ((void)0)
+#endif
+
 /* 1/j!: the float64 exp polynomial below. */
 static const double xentc_inv_factorial[14] = {
     1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
@@ -140,9 +152,38 @@ double XENTC_ISA_FN(xentc_target_total)(const int64_t *target, int64_t n, int64_
 static const double xentc_exp_coef_f32[7] = {
     1.0, 1.0, 0x1.fffffcp-2, 0x1.555492p-3, 0x1.5558f2p-5, 0x1.1239eap-7, 0x1.6a2436p-10};
 
+/*
+ * float32 tanh(a) = a P(a^2) / Q(a^2) on [0, 9], P(0) = Q(0) = 1: a rational
+ * fit for minimax relative error (Loeb's linearized least squares with
+ * Lawson's reweighting), 1.03 ulp before rounding and within 7 ulp of
+ * float64 as evaluated in float32; from 9 on, tanh rounds to 1. Cheaper
+ * than the exp-based form float64 keeps (row_kernel_template.h: zv), which
+ * matters where the softcap's tanh costs as much as the row's own exp.
+ */
+static const float xentc_tanh_p_f32[6] = {
+    1.0f, 0x1.08a720p-3f, 0x1.7f45a6p-9f, 0x1.37e70ap-17f, -0x1.b9aa7cp-27f, 0x1.44066ap-36f};
+static const float xentc_tanh_q_f32[4] = {1.0f, 0x1.d9a8d0p-2f, 0x1.85917ep-6f, 0x1.df4c70p-13f};
+
+/* 1 / q for float32 vectors: the ISA's reciprocal estimate and a Newton
+   step (relative error 2^-28 from AVX-512's 2^-14 estimate, 2^-23 from
+   SSE's and AVX's 2^-12): a division is several times slower, and the
+   softcap's tanh takes one per logit. */
+#if XENTC_VBYTES == 64 && defined(__AVX512F__)
+#define XENTC_RCP_EST(q) ((__typeof__(q))_mm512_rcp14_ps((__m512)(q)))
+#elif XENTC_VBYTES == 32 && defined(__AVX__)
+#define XENTC_RCP_EST(q) ((__typeof__(q))_mm256_rcp_ps((__m256)(q)))
+#elif XENTC_VBYTES == 16 && defined(__SSE2__)
+#define XENTC_RCP_EST(q) ((__typeof__(q))_mm_rcp_ps((__m128)(q)))
+#endif
+
 #define TYPE float
 #define ITYPE int32_t
 #define XENTC_SFX f32
+#define TANH_P xentc_tanh_p_f32
+#define TANH_NP 6
+#define TANH_Q xentc_tanh_q_f32
+#define TANH_NQ 4
+#define TANH_SAT 9.0f
 #define LOG1P_TOP 13
 #define EXP_DEGREE 6
 #define EXP_COEF xentc_exp_coef_f32
@@ -163,6 +204,12 @@ static const double xentc_exp_coef_f32[7] = {
 #undef TYPE
 #undef ITYPE
 #undef XENTC_SFX
+#undef XENTC_RCP_EST
+#undef TANH_P
+#undef TANH_NP
+#undef TANH_Q
+#undef TANH_NQ
+#undef TANH_SAT
 #undef LOG1P_TOP
 #undef EXP_DEGREE
 #undef EXP_COEF

@@ -9,9 +9,14 @@
 
 #include "xentc.h"
 
+/* Rows of up to this many classes take the batched short-row paths; when
+   they are transformed (logit_scale != 1 or a softcap), z and dz/dx go
+   through a scratch buffer. */
+#define XENTC_SCRATCH_C 64
+
 /* Process rows [i0, i1) of a batch whose targets are already checked;
-   `scratch` holds 2 * (i1 - i0) * n_classes values of the dtype when the
-   rows are transformed (logit_scale != 1 or softcap), else may be NULL. */
+   `scratch` holds 2 * (i1 - i0) * n_classes values of the dtype for
+   transformed rows of up to XENTC_SCRATCH_C classes, else may be NULL. */
 typedef void (*xentc_rows_fn)(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch);
 typedef void (*xentc_exp_fn)(const void *in, void *out, int64_t n);
 /* Rows [i0, i1) of a probability array (targets checked); ext = {min, max, nan}. */

@@ -59,7 +59,7 @@ typedef struct {
     const void *weight; /* n_classes values, NULL = all ones */
     int64_t ignore_index;
     double label_smoothing;
-    double logit_scale;      /* > 0 */
+    double logit_scale;      /* > 0; 0 also means 1, so a zeroed struct is the plain loss */
     double softcap;          /* > 0, or 0 for none */
     double lse_square_scale; /* the z-loss's factor */
     void *loss; /* n_rows values or NULL */
