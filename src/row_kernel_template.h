@@ -288,8 +288,8 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
  * at ulp(1) and lose the relative precision of log(sum) when the sum is
  * close to 1 (a confident prediction, whose loss is then tiny).
  *
- * acc[0] += sum of exp(x - m) over x != m, acc[3] += count of x == m; with
- * lin, also acc[1] += sum c * (x - m) and acc[2] += sum c. Keeping x - m
+ * acc->rest += sum of exp(x - m) over x != m, acc->ones += count of x == m;
+ * with lin, also acc->lin += sum c * (x - m) and acc->coef += sum c. Keeping x - m
  * (not x) in the linear sum keeps it exact for logits of any magnitude.
  * With zt, x - m is z - m (see zd: m is then the max of x for a scale
  * alone, of z with a softcap), taken in registers as the logits stream in,
@@ -298,7 +298,7 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
 static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                                  const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
-                                 double acc[4], TYPE *store, const XENTC_FN(ztrans) *zt)
+                                 xentc_sums *acc, TYPE *store, const XENTC_FN(ztrans) *zt)
 {
     const VT vm = XENTC_FN(splat)(m);
     VT s = {0}, sl = {0}, sc = {0};
@@ -361,26 +361,26 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
             sc += c;
         }
     }
-    acc[0] += XENTC_FN(hsum)(s);
+    acc->rest += XENTC_FN(hsum)(s);
     for (int64_t k = 0; k < NL; k++)
-        acc[3] -= (double)ones[k];
+        acc->ones -= (double)ones[k];
     if (lin) {
-        acc[1] += XENTC_FN(hsum)(sl);
-        acc[2] += XENTC_FN(hsum)(sc);
+        acc->lin += XENTC_FN(hsum)(sl);
+        acc->coef += XENTC_FN(hsum)(sc);
     }
 }
 
 /* The running sums of block_sums, taken against the max m, moved onto a
    larger max bm (the online softmax's rescaling). */
-static inline void XENTC_FN(rebase)(double acc[4], double m, double bm)
+static inline void XENTC_FN(rebase)(xentc_sums *acc, double m, double bm)
 {
     /* Whether or not the old maxima were counted as exact ones: a
        transformed row's max is computed apart from its lanes, and may
        differ from them in the last bit. */
     if (m > -INFINITY) { /* the old maxima are no longer exact ones */
-        acc[0] = (acc[0] + acc[3]) * exp(m - bm);
-        acc[3] = 0.0;
-        acc[1] -= (bm - m) * acc[2];
+        acc->rest = (acc->rest + acc->ones) * exp(m - bm);
+        acc->ones = 0.0;
+        acc->lin -= (bm - m) * acc->coef;
     }
 }
 
@@ -458,15 +458,15 @@ static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row
 
 /*
  * From the row max m, ls = log(sum exp(x - m)) and the linear sums
- * acc[1] = S = sum coef * (x - m), acc[2] = A = sum coef, write loss and lse
+ * S = acc->lin = sum coef * (x - m), A = acc->coef = sum coef, write loss and lse
  * and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S
  * adds terms of one sign: no cancellation.
  */
 static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
-                                    double m, double ls, const double acc[4])
+                                    double m, double ls, const xentc_sums *acc)
 {
     const double e = r->label_smoothing, C = (double)r->n_classes;
-    const double lin_loss = acc[2] * ls - acc[1];
+    const double lin_loss = acc->coef * ls - acc->lin;
     double loss = 0.0, wy = 0.0;
     if (r->target) {
         wy = c->w ? (double)c->w[c->y] : 1.0;
@@ -498,11 +498,11 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
         const double g = r->grad_scale *
                          (r->grad_row_scale ? (double)((const TYPE *)r->grad_row_scale)[i] : 1.0);
         if (r->target) {
-            c->alpha = g * ((1.0 - e) * wy + (e > 0.0 ? e / C * acc[2] : 0.0));
+            c->alpha = g * ((1.0 - e) * wy + (e > 0.0 ? e / C * acc->coef : 0.0));
             c->beta = g * e / C;
             c->gamma = g * (1.0 - e) * wy;
         } else {
-            c->alpha = g * acc[2];
+            c->alpha = g * acc->coef;
             c->beta = g;
         }
         if (zls != 0.0) /* d(zls * lse^2)/dz_c = 2 * zls * lse * p_c */
@@ -590,7 +590,7 @@ static void XENTC_FN(grad_row_inf)(const xentc_rows *r, int64_t i, const XENTC_F
  * respect to x, where the coefficient terms (beta) are 0.
  */
 static inline void XENTC_FN(row_sums)(const XENTC_FN(row_ctx) *c, int64_t b, int64_t n, TYPE mx,
-                                      double m, double acc[4], TYPE *store)
+                                      double m, xentc_sums *acc, TYPE *store)
 {
     const TYPE *w = c->w ? c->w + b : NULL, *q = c->q ? c->q + b : NULL;
     /* Two calls, so that the untransformed one is compiled without zt. */
@@ -630,7 +630,8 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
     if (c->zt.on && c->lin) /* kept exps times dz/dx leave no room for beta */
         return 0;
     TYPE mx = -INFINITY;
-    double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
+    double m = -INFINITY;
+    xentc_sums acc = {0};
     int64_t seg_start[GRAD_SEGS + 1], skipped = 0;
     double seg_m[GRAD_SEGS];
     int n_seg = 0;
@@ -640,7 +641,7 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
         if (!(bx > mx)) {
             /* the max stays */
         } else if (XENTC_FN(zmax)(c, bx) == INFINITY) {
-            XENTC_FN(grad_row_inf)(r, i, c, acc[0], skipped, b);
+            XENTC_FN(grad_row_inf)(r, i, c, acc.rest, skipped, b);
             return 1;
         } else if (XENTC_FN(zmax)(c, bx) <= m) {
             /* a softcap's saturation (same z), or its tanh's rounding: an
@@ -648,7 +649,7 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
             mx = bx;
         } else {
             const double bm = XENTC_FN(zmax)(c, bx);
-            XENTC_FN(rebase)(acc, m, bm);
+            XENTC_FN(rebase)(&acc, m, bm);
             m = bm;
             mx = bx;
             if (n_seg == GRAD_SEGS) { /* full: fold them into one, on the new max */
@@ -668,15 +669,15 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
             skipped = b + n;
             continue;
         }
-        XENTC_FN(row_sums)(c, b, n, mx, m, acc, c->out + b);
+        XENTC_FN(row_sums)(c, b, n, mx, m, &acc, c->out + b);
     }
     if (m == -INFINITY)
         return 0;
     /* -inf logits before the first finite one, against the final max */
     if (skipped > 0)
-        XENTC_FN(row_sums)(c, 0, skipped, mx, m, acc, c->out);
-    const double ls = log1p((acc[3] - 1.0) + acc[0]);
-    XENTC_FN(finish)(r, i, c, m, ls, acc);
+        XENTC_FN(row_sums)(c, 0, skipped, mx, m, &acc, c->out);
+    const double ls = log1p((acc.ones - 1.0) + acc.rest);
+    XENTC_FN(finish)(r, i, c, m, ls, &acc);
     if (skipped > 0)
         XENTC_FN(scale_kept)(c, 0, skipped, c->alpha * exp(-ls));
     seg_start[n_seg] = C;
@@ -695,7 +696,8 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     if (r->out_kind == XENTC_OUT_GRAD && XENTC_FN(grad_row_kept_exps)(r, i, &c))
         return;
     TYPE mx = -INFINITY;
-    double m = -INFINITY, acc[4] = {0.0, 0.0, 0.0, 0.0};
+    double m = -INFINITY;
+    xentc_sums acc = {0};
     int64_t skipped = 0; /* leading elements seen while m was still -inf */
     for (int64_t b = 0; b < C; b += BLOCK) {
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
@@ -703,7 +705,7 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
         if (bx > mx) {
             const double bm = XENTC_FN(zmax)(&c, bx);
             if (bm > m) { /* not at a softcap's saturation, or its rounding (see above) */
-                XENTC_FN(rebase)(acc, m, bm);
+                XENTC_FN(rebase)(&acc, m, bm);
                 m = bm;
             }
             mx = bx;
@@ -712,7 +714,7 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
             skipped = b + n;
             continue;
         }
-        XENTC_FN(row_sums)(&c, b, n, mx, m, acc, NULL);
+        XENTC_FN(row_sums)(&c, b, n, mx, m, &acc, NULL);
     }
     /* A softcap maps a row of -inf to -softcap's: a max after all. */
     if (m == -INFINITY && c.zt.cap_on)
@@ -720,11 +722,11 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     /* -inf logits before the first finite one: their exp is 0 but their
        linear terms are -inf (or NaN with a zero coefficient), as in torch. */
     if (skipped > 0 && m > -INFINITY)
-        XENTC_FN(row_sums)(&c, 0, skipped, mx, m, acc, NULL);
+        XENTC_FN(row_sums)(&c, 0, skipped, mx, m, &acc, NULL);
     /* log(ones + rest) as log1p((ones - 1) + rest), exact when the sum is near
        1; a row of -inf (or NaN) has no max: torch gives NaN (inf - inf). */
-    const double ls = m > -INFINITY ? log1p((acc[3] - 1.0) + acc[0]) : NAN;
-    XENTC_FN(finish)(r, i, &c, m, ls, acc);
+    const double ls = m > -INFINITY ? log1p((acc.ones - 1.0) + acc.rest) : NAN;
+    XENTC_FN(finish)(r, i, &c, m, ls, &acc);
     if (!c.out)
         return;
     XENTC_FN(second_pass)(r, &c, mx, (TYPE)m, (TYPE)ls);
@@ -835,14 +837,14 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             if (st[i - g0].skip)
                 continue;
             const TYPE m = st[i - g0].m;
-            double acc[4] = {sums[i - g0], 0.0, 0.0, 1.0};
+            xentc_sums acc = {0}; /* finish reads only the linear sums */
             if (c.lin)
                 for (int64_t k = 0; k < C; k++) {
                     const TYPE cf = XENTC_FN(coef1)(c.w, c.q, k, c.qa, c.qb);
-                    acc[1] += (double)(cf * (c.x[k] - m));
-                    acc[2] += (double)cf;
+                    acc.lin += (double)(cf * (c.x[k] - m));
+                    acc.coef += (double)cf;
                 }
-            XENTC_FN(finish)(r, i, &c, m, logs[i - g0], acc);
+            XENTC_FN(finish)(r, i, &c, m, logs[i - g0], &acc);
             st[i - g0].ls = (TYPE)logs[i - g0];
             st[i - g0].alpha = c.alpha;
             st[i - g0].beta = c.beta;
@@ -974,9 +976,9 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         if (special) {
             for (int64_t l = 0; l < n; l++) {
                 XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i + l);
-                const double acc[4] = {0.0, 0.0, 0.0, 1.0}; /* no linear sums here */
+                const xentc_sums acc = {0}; /* no linear sums here */
                 if (!XENTC_FN(ignored)(r, i + l, &c))
-                    XENTC_FN(finish)(r, i + l, &c, md[l], ls[l], acc);
+                    XENTC_FN(finish)(r, i + l, &c, md[l], ls[l], &acc);
             }
         } else {
             if (loss)

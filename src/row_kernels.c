@@ -32,6 +32,15 @@
 #define XENTC_OPAQUE(v) ((void)0)
 #endif
 
+/* The running sums of a row (row_kernel_template.h: block_sums, finish),
+   against its running max m. */
+typedef struct {
+    double rest; /* sum of exp(z - m) over the terms that are not exactly 1 */
+    double lin;  /* sum of coef * (z - m): the linear terms of the loss */
+    double coef; /* sum of coef */
+    double ones; /* count of the terms exactly 1: z == m */
+} xentc_sums;
+
 /* 1/j!: the float64 exp polynomial below. */
 static const double xentc_inv_factorial[14] = {
     1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
