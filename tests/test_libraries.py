@@ -40,6 +40,8 @@ from reference import (
     make_targets,
     make_weight,
     nll_expected,
+    options_reference,
+    options_tolerance,
     softmax_family_tolerance,
     softmax_ref,
     torch_reference,
@@ -152,6 +154,28 @@ def test_cross_entropy_with_grad(case, soft, library, engine, dtype, rng):
         np.testing.assert_array_equal(library.check(grad2, dtype, shape, "out"), got)
         np.testing.assert_array_equal(library.check(loss2, dtype, np.shape(want_loss)),
                                       library.to_numpy(loss))
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["class", "soft"])
+def test_llm_options(soft, library, engine, dtype, rng):
+    """softcap, logit_scale, the z-loss, sample_weight and the returned lse from every
+    library, on its device, against torch autograd in float64."""
+    shape, axis = CASES[FEW_CASES[0]]
+    x, w, t, kw = make_case(rng, shape, axis, dtype, soft)
+    sw = rng.uniform(0.0, 2.0, lead_shape(shape, axis)).astype(dtype)
+    opts = dict(weight=w, label_smoothing=0.1, logit_scale=1.7, softcap=4.0,
+                lse_square_scale=1e-2, axis=axis, **kw)
+    for reduction in REDUCTIONS:
+        want = options_reference(x, t, reduction=reduction, sample_weight=sw, **opts)
+        tols = options_tolerance(x, t, dtype, reduction=reduction, sample_weight=sw, **opts)
+        got = xentc.cross_entropy_with_grad(
+            library.asarray(x), library.asarray(t), reduction=reduction, backend=engine,
+            return_z_loss=True, return_lse=True, **on(library, dict(opts, sample_weight=sw)))
+        for name, g, wv, tol in zip(("loss", "z_loss", "lse", "grad"), got, want,
+                                    (tols[0], tols[0], tols[1], tols[2])):
+            g = library.check(g, dtype, np.shape(wv), name)
+            assert_within(g, wv, tol + 8 * np.finfo(dtype).eps * np.abs(wv),
+                          f"{reduction}: {name}")
 
 
 @pytest.mark.parametrize("library", ["jax"], indirect=True)
