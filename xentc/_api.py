@@ -352,6 +352,8 @@ class _Loss:
 
     Built once per call; the torch autograd node keeps it to compute the
     gradient again on a second backward pass (``xentc._autograd``).
+    ``job`` is the row job in the engine's form; ``spec`` is the same job
+    with every array still in the caller's namespace.
     """
 
     def __init__(self, input, target, weight=None, *, ignore_index=-100, reduction="mean",
@@ -380,15 +382,15 @@ class _Loss:
             if ignore_index >= 0:
                 raise ValueError("`ignore_index` is not supported with class-probability targets")
             soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
-            self.job = RowJob(x, soft=soft, **job)
+            self.spec = self.job = RowJob(x, soft=soft, **job)
             self.denominator = float(x.shape[0])
             keep = None
         else:
             t = _class_targets(xp, target, lead_shape, x.shape[1])
             # Checked before any row is read; the mean's denominator on the way,
             # and the targets and weights in the engine's form for the rows.
-            self.job, self.denominator = engine.targets(
-                xp, RowJob(x, target=t, ignore_index=ignore_index, **job))
+            self.spec = RowJob(x, target=t, ignore_index=ignore_index, **job)
+            self.job, self.denominator = engine.targets(xp, self.spec)
             keep = t != ignore_index
         if self.sample_weight is not None:
             self.denominator = _weighted_count(xp, self.sample_weight, keep, w,
@@ -407,21 +409,13 @@ class _Loss:
         The results are the tuple (loss, z_loss, lse) of those asked for;
         `grad_output` and `out` are those of `cross_entropy_with_grad`.
         """
-        xp, job, sw = self.xp, self.job, self.sample_weight
+        xp, job = self.xp, self.job
         if job.out_kind == "grad":
             job = job.replace(**self._grad_args(grad_output, out))
         loss, lse, grad = self.engine.rows(xp, job)
-        if sw is not None:
-            loss = loss * sw
-        results = [self._reduce(loss)]
-        if self.returns[0]:  # zero on ignored rows, whose lse is 0
-            z = job.lse_square_scale * lse ** 2
-            results.append(self._reduce(z if sw is None else z * sw))
-        if self.returns[1]:
-            results.append(xp.astype(xp.reshape(lse, self.lead_shape), self.input.dtype,
-                                     copy=False))
+        results = self.results(loss, lse)
         if job.out_kind != "grad":
-            return tuple(results), None
+            return results, None
         if job.out is None:
             grad = _from_rows(xp, grad, self.lead_shape, self.axis)
             if out is not None:  # only a copy could give `out` as rows
@@ -429,7 +423,26 @@ class _Loss:
                 grad = out
         else:
             grad = out
-        return tuple(results), grad
+        return results, grad
+
+    def results(self, loss, lse):
+        """The caller's results, (loss, z_loss, lse) of those asked for, from the
+        engine's per-row loss and lse of every row."""
+        xp, sw = self.xp, self.sample_weight
+        if sw is not None:
+            loss = loss * sw
+        results = [self._reduce(loss)]
+        if self.returns[0]:  # zero on ignored rows, whose lse is 0
+            z = self.job.lse_square_scale * lse ** 2
+            results.append(self._reduce(z if sw is None else z * sw))
+        if self.returns[1]:
+            results.append(xp.astype(xp.reshape(lse, self.lead_shape), self.input.dtype,
+                                     copy=False))
+        return tuple(results)
+
+    def grad_fields(self, grad_output=None):
+        """The row job's fields of the gradient of every row (scales, no `out`)."""
+        return self._grad_args(grad_output, None)
 
     def _reduce(self, rows):
         """Per-row values reduced as the loss, in the input's dtype."""

@@ -96,6 +96,53 @@ def cross_entropy(input, arrays, build):
     return results if isinstance(results, tuple) else (results,)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and, for a reduced loss, the three gradients
+    block by block (``xentc._linear``); backward scales them by grad_output.
+    An unreduced loss's gradients depend on grad_output row by row: backward
+    then runs the blocked call again with it."""
+
+    @staticmethod
+    def forward(ctx, input, linear_weight, linear_bias, call):
+        need = (input.requires_grad, linear_weight.requires_grad,
+                linear_bias is not None and linear_bias.requires_grad)
+        ctx.need, ctx.call = need, call
+        results, grads = call.run(need=need if call.reduction != "none" else (False,) * 3)
+        ctx.grads = grads
+        ctx.mark_non_differentiable(*results[1:])
+        return results
+
+    @staticmethod
+    def backward(ctx, grad_output, *_):
+        _refuse_double_backward("linear_cross_entropy")
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            _, grads = ctx.call.run(grad_output, need=ctx.need)
+        elif not bool(grad_output == 1):
+            grads = tuple(None if g is None else g.mul_(grad_output) for g in grads)
+        return (*grads, None)
+
+
+def linear_cross_entropy(input, linear_weight, linear_bias, arrays, build):
+    """The linear cross-entropy of `input` as a node of torch's graph.
+
+    `arrays` are the other arrays by name (target, weight, sample_weight),
+    not differentiated; ``build(input=..., linear_weight=..., linear_bias=...,
+    **arrays)`` of the detached tensors gives the validated blocked call
+    (``run(grad_output=None, need=...) -> (results, grads)``, ``reduction``).
+    Returns the call's results, the loss with a ``grad_fn``.
+    """
+    for name, t in arrays.items():
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise NotImplementedError(f"xentc computes no gradient with respect to `{name}`; "
+                                      f"detach it or use torch's own functions")
+    call = build(input=input.detach(), linear_weight=linear_weight.detach(),
+                 linear_bias=_detach(linear_bias),
+                 **{k: _detach(v) for k, v in arrays.items()})
+    results = _LinearCrossEntropy.apply(input, linear_weight, linear_bias, call)
+    return results if isinstance(results, tuple) else (results,)
+
+
 class _Normalize(torch.autograd.Function):
     """log_softmax / softmax: backward from the saved output alone."""
 
