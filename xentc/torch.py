@@ -8,11 +8,13 @@ attach themselves to torch's autograd for a tensor that requires grad
 import torch
 
 from ._api import cross_entropy as _cross_entropy
+from ._linear import linear_cross_entropy as _linear_cross_entropy
 from ._api import log_softmax as _log_softmax
 from ._api import logsumexp as _logsumexp
 from ._api import softmax as _softmax
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "log_softmax", "softmax", "logsumexp"]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
+           "log_softmax", "softmax", "logsumexp"]
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -39,6 +41,18 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                           softcap=softcap, lse_square_scale=lse_square_scale,
                           sample_weight=sample_weight, return_z_loss=return_z_loss,
                           return_lse=return_lse)
+
+
+def linear_cross_entropy(input, linear_weight, target, **kwargs):
+    """`xentc.linear_cross_entropy` attached to torch's autograd.
+
+    Takes the arguments of `xentc.linear_cross_entropy`. When `input`,
+    `linear_weight` or `linear_bias` require grad, the loss has a
+    ``grad_fn``: a reduced loss's forward pass already computes the three
+    gradients block by block (backward only scales them); an unreduced
+    loss's backward runs the blocks again with its ``grad_output``.
+    """
+    return _linear_cross_entropy(input, linear_weight, target, **kwargs)
 
 
 def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
@@ -135,3 +149,52 @@ class CrossEntropyLoss(torch.nn.Module):
                 f"label_smoothing={self.label_smoothing}, empty={self.empty!r}, "
                 f"logit_scale={self.logit_scale}, softcap={self.softcap}, "
                 f"lse_square_scale={self.lse_square_scale}")
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """An output layer (``torch.nn.Linear(in_features, out_features)``) and its
+    cross-entropy in one module, computed without the logits
+    (`xentc.linear_cross_entropy`).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        H and the number of classes C.
+    bias : bool, default False
+        Whether the layer has a bias (language-model heads usually have none).
+    device, dtype : optional
+        Of the parameters, as for ``torch.nn.Linear``.
+    **options
+        Keyword arguments of `xentc.linear_cross_entropy` fixed for every call
+        (weight, ignore_index, reduction, label_smoothing, logit_scale,
+        softcap, lse_square_scale, empty, return_z_loss, return_lse,
+        block_bytes, n_threads).
+
+    Examples
+    --------
+    >>> import torch, xentc.torch
+    >>> head = xentc.torch.LinearCrossEntropyLoss(64, 1000, softcap=30.0)
+    >>> hidden = torch.randn(8, 16, 64, requires_grad=True)   # (batch, tokens, features)
+    >>> head(hidden, torch.randint(0, 1000, (8, 16))).backward()
+    """
+
+    def __init__(self, in_features, out_features, bias=False, device=None, dtype=None,
+                 **options):
+        super().__init__()
+        linear = torch.nn.Linear(in_features, out_features, bias=bias, device=device,
+                                 dtype=dtype)
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.options = options
+
+    def forward(self, input, target, *, normalizer=None, sample_weight=None):
+        """The loss of the layer's logits of `input` against `target`;
+        ``"mean"`` divided by `normalizer` when given, rows weighted by
+        `sample_weight`."""
+        return linear_cross_entropy(input, self.weight, target, linear_bias=self.bias,
+                                    normalizer=normalizer, sample_weight=sample_weight,
+                                    **self.options)
+
+    def extra_repr(self):
+        c, h = self.weight.shape
+        return f"in_features={h}, out_features={c}, bias={self.bias is not None}, {self.options}"
