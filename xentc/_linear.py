@@ -19,6 +19,8 @@ from ._api import _Loss, _acc_dtype, _check_floating, _tracks_grad
 #: Default budget of one block of logits (and of any temporary of the
 #: gradient's products): large enough for efficient matrix products.
 BLOCK_BYTES = 64 << 20
+#: Fewest classes per block when rows are split along the classes.
+SPLIT_COLUMNS = 4096
 
 
 class _LinearLoss:
@@ -82,7 +84,10 @@ class _LinearLoss:
             need = (need[0], need[1], need[2] and self.b is not None)
             grads = _Grads(xp, x, w, acc, need, self.block_bytes // self.itemsize)
         rows_per = self.block_bytes // (c * self.itemsize)
-        step = max(1, rows_per if rows_per >= 1 else min(n, 64))
+        # Rows wider than the budget: as many rows as keep blocks of at least
+        # SPLIT_COLUMNS classes, for the products' sake.
+        step = rows_per if rows_per >= 1 else max(
+            1, min(n, self.block_bytes // (SPLIT_COLUMNS * self.itemsize)))
         parts = []
         for r0 in range(0, max(n, 1), step):
             sl = slice(r0, min(r0 + step, n))

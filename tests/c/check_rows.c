@@ -16,13 +16,20 @@
  * Rows whose class target is ignore_index get loss, lse and out all zero
  * (what the kernels write; xentc.h documents it for the loss).
  *
+ * The row options (logit_scale, softcap, the z-loss) are checked through the
+ * same reference: the softmax family is taken of z = T(x), computed in long
+ * double from the dtype's x, and the gradient is scaled by dz/dx.
+ *
  * Tolerances are tests/reference.py's: a few ulp of each result's natural
  * magnitude (|lse| + max|x| for lse, log_softmax and the loss; p (2 + gap)
  * for softmax), and the README's 2 eps max(|lse|, |x[y]|) for float32
- * losses of class targets without smoothing. The gradient's scale is the
+ * losses of class targets without smoothing. Such a loss also keeps its
+ * relative precision when it is tiny (a confident row): its error is the
+ * softmax's below the target's logit. The gradient's scale is the
  * softmax's rather than the loss's, so that rows of huge logits are still
- * checked. Non-finite results must match exactly, zeros of -inf logits and
- * of ignored rows too.
+ * checked. The kernels' z is off by up to zulp ulp of |z| (a rounding, or
+ * the softcap's tanh), which widens the magnitudes by as much. Non-finite
+ * results must match exactly, zeros of -inf logits and of ignored rows too.
  *
  * Exit status 1 on any mismatch; the first ones are printed whole.
  */
@@ -202,17 +209,25 @@ static const char *const pattern_names[] = {
 #define SENTINEL (-7777.25) /* exact in both dtypes; marks what must not be written */
 #define GRAD_SCALE 0.75
 
+/* The row options of xentc_rows; zeroed, the plain loss. */
+typedef struct {
+    double logit_scale, softcap, lse_square_scale;
+} options;
+
 /*
- * One batch of rows and what does not depend on the call's options: the
- * softmax family, from a long double pass over each row. Results are
- * compared in double: rounding the reference to double costs half an ulp,
- * far inside the tolerances.
+ * One batch of rows, its row options and what does not depend on the
+ * call's other options: the softmax family of z, from a long double pass
+ * over each row. Results are compared in double: rounding the reference to
+ * double costs half an ulp, far inside the tolerances.
  */
 typedef struct {
     const dtype *t;
     int64_t C, R;
+    options opt;
+    double zulp;     /* the kernels' error in z, in ulp of |z| */
     int *pattern;
     double *x;       /* R x C, values of the dtype */
+    double *z, *dz;  /* R x C: z = T(x) and dz/dx, rounded */
     int64_t *target; /* IGNORE on ignored rows */
     double *soft;    /* R x C */
     double *weight;  /* C */
@@ -221,17 +236,24 @@ typedef struct {
     long double *logp, *p;                           /* R x C */
     double *logp_d, *p_d;                            /* the same, rounded */
     long double *lse;
-    double *lse_d, *ls, *m; /* ls = log(sum exp(x - m)), m = max */
-    double *mag;            /* |lse| + max|x| over finite x: lse's natural scale */
-    double *sm_scale;       /* max over the row of p (2 + gap + ls): softmax's */
+    double *lse_d, *ls, *m; /* ls = log(sum exp(z - m)), m = max */
+    double *mag;            /* |lse| + (1 + zulp) max|z| over finite z: lse's natural scale */
+    double *sm_scale;       /* max over the row of p sm_rel: softmax's */
     int *poisoned;          /* NaN, +inf or no finite max: torch's NaN rows */
 } problem;
 
-static int row_pattern(int64_t i, int64_t R, int giant)
+/* Which rows a batch holds: special rows among random ones, only giant
+   rows' patterns, or only confident rows (no special row sends the narrow
+   path's batches to its general code). */
+enum { ROWS_MIXED, ROWS_GIANT, ROWS_CONFIDENT };
+
+static int row_pattern(int64_t i, int64_t R, int rows)
 {
     static const int giant_rows[] = {P_RAMP, P_PINF, P_LEAD_NINF};
-    if (giant)
+    if (rows == ROWS_GIANT)
         return giant_rows[i % 3];
+    if (rows == ROWS_CONFIDENT)
+        return P_CONFIDENT;
     if (R >= 8 * N_SPECIAL) { /* spread out: many plain rows between them */
         const int64_t step = R / N_SPECIAL;
         return i % step == step / 2 && i / step < N_SPECIAL ? (int)(i / step) : P_RANDOM;
@@ -323,58 +345,103 @@ static void *to_dtype(const dtype *t, const double *v, int64_t n)
 
 #define NEW(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
 
-/* The softmax family of each row, torch's way (see the top of this file). */
+/* z = T(x) of the row options (xentc.h; logit_scale 0 is 1) and dz/dx:
+   s * x, or cap * tanh(s * x / cap) with s (1 - tanh^2), whose long double
+   cancellation where tanh saturates is far below the dtype's ulp of s. */
+static long double transform(const options *o, double x, long double *dz)
+{
+    const long double s = o->logit_scale > 0.0 ? o->logit_scale : 1.0;
+    if (o->softcap > 0.0) {
+        const long double th = tanhl(s * x / o->softcap);
+        *dz = s * (1 - th) * (1 + th);
+        return o->softcap * th;
+    }
+    *dz = s;
+    return s * x;
+}
+
+/* The softmax's relative error at logit c of row i, in eps: its exponent
+   z - max - ls as computed, and the error of z at both ends. */
+static double sm_rel(const problem *pb, int64_t i, int64_t c)
+{
+    const double z = pb->z[i * pb->C + c], m = pb->m[i];
+    return 2.0 + (m - z) + pb->ls[i] + pb->zulp * (fabs(z) + fabs(m));
+}
+
+/* The softmax family of each row's z, torch's way (see the top of this file). */
 static void reference_rows(problem *pb)
 {
     const int64_t C = pb->C;
+    long double *z = NEW(long double, C), *e = NEW(long double, C); /* exp(z - m) */
     for (int64_t i = 0; i < pb->R; i++) {
-        const double *x = pb->x + i * C;
         int nan = 0, pinf = 0;
-        double m = -INFINITY, xmax = 0.0;
+        long double m = -INFINITY;
+        double zmax = 0.0;
         for (int64_t c = 0; c < C; c++) {
-            nan |= isnan(x[c]);
-            pinf |= x[c] == INFINITY;
-            m = x[c] > m ? x[c] : m;
-            xmax = isfinite(x[c]) && fabs(x[c]) > xmax ? fabs(x[c]) : xmax;
+            long double dz;
+            z[c] = transform(&pb->opt, pb->x[i * C + c], &dz);
+            pb->z[i * C + c] = (double)z[c];
+            pb->dz[i * C + c] = (double)dz;
+            nan |= isnan(z[c]);
+            pinf |= z[c] == INFINITY;
+            m = z[c] > m ? z[c] : m;
+            zmax = isfinite(z[c]) && fabsl(z[c]) > zmax ? (double)fabsl(z[c]) : zmax;
         }
         const int poisoned = nan || pinf || m == -INFINITY;
-        long double ls = NAN, lse = nan ? NAN : pinf ? INFINITY : -INFINITY;
+        long double ls = NAN, lse = nan ? NAN : pinf ? INFINITY : -INFINITY, sum = NAN;
         if (!poisoned) {
-            long double s = 0.0L;
-            for (int64_t c = 0; c < C; c++)
-                s += expl((long double)x[c] - m);
-            ls = logl(s);
-            lse = m + ls;
-        }
-        double sm_scale = 0.0;
-        for (int64_t c = 0; c < C; c++) {
-            const int64_t k = i * C + c;
-            pb->logp[k] = poisoned ? (long double)NAN : ((long double)x[c] - m) - ls;
-            pb->p[k] = poisoned ? (long double)NAN : x[c] == -INFINITY ? 0.0L : expl(pb->logp[k]);
-            pb->logp_d[k] = (double)pb->logp[k];
-            pb->p_d[k] = (double)pb->p[k];
-            if (!poisoned && isfinite(x[c])) {
-                const double s = pb->p_d[k] * (2.0 + (m - x[c]) + (double)ls);
-                sm_scale = s > sm_scale ? s : sm_scale;
+            /* the maxima's exact ones apart: log1p keeps ls's relative
+               precision when the rest is tiny (a confident row) */
+            long double ones = 0.0L, rest = 0.0L;
+            for (int64_t c = 0; c < C; c++) {
+                e[c] = z[c] == m ? 1.0L : expl(z[c] - m);
+                if (z[c] == m)
+                    ones += 1;
+                else
+                    rest += e[c];
             }
+            ls = log1pl((ones - 1) + rest);
+            lse = m + ls;
+            sum = ones + rest;
         }
         pb->lse[i] = lse;
         pb->lse_d[i] = (double)lse;
         pb->ls[i] = poisoned ? 0.0 : (double)ls;
-        pb->m[i] = m;
-        pb->mag[i] = (isfinite(lse) ? fabs((double)lse) : 0.0) + xmax;
-        pb->sm_scale[i] = sm_scale;
+        pb->m[i] = (double)m;
+        pb->mag[i] = (isfinite(lse) ? fabs((double)lse) : 0.0) + (1.0 + pb->zulp) * zmax;
         pb->poisoned[i] = poisoned;
+        double sm_scale = 0.0;
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t k = i * C + c;
+            pb->logp[k] = poisoned ? (long double)NAN : (z[c] - m) - ls;
+            pb->p[k] = poisoned ? (long double)NAN : e[c] / sum;
+            pb->logp_d[k] = (double)pb->logp[k];
+            pb->p_d[k] = (double)pb->p[k];
+            if (!poisoned && isfinite(z[c])) {
+                const double s = pb->p_d[k] * sm_rel(pb, i, c);
+                sm_scale = s > sm_scale ? s : sm_scale;
+            }
+        }
+        pb->sm_scale[i] = sm_scale;
     }
+    free(z);
+    free(e);
 }
 
-static problem *make_problem(const dtype *t, int64_t C, int64_t R, int giant)
+/* opt NULL: the plain loss */
+static problem *make_problem(const dtype *t, int64_t C, int64_t R, int rows, const options *opt)
 {
     problem *pb = xmalloc(sizeof *pb);
     const int64_t n = R * C;
     pb->t = t;
     pb->C = C;
     pb->R = R;
+    pb->opt = opt ? *opt : (options){0.0, 0.0, 0.0};
+    /* a scale's product rounded to the dtype; the softcap's tanh: float32's
+       rational fit within 7 ulp (row_kernels.c), and the products around it */
+    pb->zulp = pb->opt.softcap > 0.0                                             ? 8.0
+               : pb->opt.logit_scale > 0.0 && pb->opt.logit_scale != 1.0 ? 0.5
+                                                                         : 0.0;
     rng_state = (uint64_t)C * 1000003u + (uint64_t)R * 7919u + t->size;
     pb->pattern = NEW(int, R);
     pb->x = NEW(double, n);
@@ -386,7 +453,7 @@ static problem *make_problem(const dtype *t, int64_t C, int64_t R, int giant)
         pb->weight[c] = round_to(t, 0.25 + 1.75 * uniform());
     for (int64_t i = 0; i < R; i++) {
         double *x = pb->x + i * C, *q = pb->soft + i * C;
-        const int pat = row_pattern(i, R, giant);
+        const int pat = row_pattern(i, R, rows);
         pb->pattern[i] = pat;
         pb->target[i] = (int64_t)(rng_next() % (uint64_t)C);
         fill_row(t, x, C, pat, i, &pb->target[i]);
@@ -400,6 +467,8 @@ static problem *make_problem(const dtype *t, int64_t C, int64_t R, int giant)
         pb->row_scale[i] = pat == P_IGNORED_BAD ? NAN : round_to(t, 4.0 * uniform() - 2.0);
     }
     pb->x_dt = to_dtype(t, pb->x, n);
+    pb->z = NEW(double, n);
+    pb->dz = NEW(double, n);
     pb->soft_dt = to_dtype(t, pb->soft, n);
     pb->weight_dt = to_dtype(t, pb->weight, C);
     pb->row_scale_dt = to_dtype(t, pb->row_scale, R);
@@ -420,10 +489,10 @@ static problem *make_problem(const dtype *t, int64_t C, int64_t R, int giant)
 
 static void free_problem(problem *pb)
 {
-    void *fields[] = {pb->pattern, pb->x, pb->soft, pb->target, pb->weight, pb->row_scale,
-                      pb->x_dt, pb->soft_dt, pb->weight_dt, pb->row_scale_dt, pb->logp, pb->p,
-                      pb->logp_d, pb->p_d, pb->lse, pb->lse_d, pb->ls, pb->m, pb->mag,
-                      pb->sm_scale, pb->poisoned};
+    void *fields[] = {pb->pattern, pb->x, pb->z, pb->dz, pb->soft, pb->target, pb->weight,
+                      pb->row_scale, pb->x_dt, pb->soft_dt, pb->weight_dt, pb->row_scale_dt,
+                      pb->logp, pb->p, pb->logp_d, pb->p_d, pb->lse, pb->lse_d, pb->ls, pb->m,
+                      pb->mag, pb->sm_scale, pb->poisoned};
     for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++)
         free(fields[k]);
     free(pb);
@@ -503,6 +572,23 @@ static const config giant_configs[] = {
     {T_SOFT, 1, 0.15, XENTC_OUT_GRAD, L_IN_PLACE, RES_BOTH},
 };
 
+/* Long rows with row options, which take the paths of long rows without
+   them and transform z as the logits stream in: a sample, each target kind
+   with and without the linear sums (the gradient keeps its exps without). */
+static const config long_configs[] = {
+    {T_NONE, 0, 0.0, XENTC_OUT_SOFTMAX, L_STRIDED, RES_LSE},
+    {T_NONE, 0, 0.0, XENTC_OUT_LOG_SOFTMAX, L_IN_PLACE, RES_LSE},
+    {T_CLASS, 0, 0.0, XENTC_OUT_NONE, L_CONTIG, RES_BOTH},
+    {T_CLASS, 1, 0.0, XENTC_OUT_GRAD, L_IN_PLACE, RES_BOTH},
+    {T_CLASS, 0, 0.0, XENTC_OUT_GRAD, L_STRIDED, RES_LOSS},
+    {T_CLASS, 1, 0.15, XENTC_OUT_NONE, L_STRIDED, RES_LOSS},
+    {T_CLASS, 1, 0.15, XENTC_OUT_GRAD, L_IN_PLACE, RES_BOTH},
+    {T_CLASS_IGNORE_IN_RANGE, 1, 0.15, XENTC_OUT_GRAD, L_CONTIG, RES_BOTH},
+    {T_SOFT, 0, 0.0, XENTC_OUT_NONE, L_CONTIG, RES_BOTH},
+    {T_SOFT, 1, 0.15, XENTC_OUT_GRAD, L_IN_PLACE, RES_BOTH},
+    {T_SOFT, 1, 0.0, XENTC_OUT_GRAD, L_STRIDED, RES_LSE},
+};
+
 /* ---------------------------------------------------------- expectations */
 
 /* What depends on the targets, weights and smoothing of a call. */
@@ -540,9 +626,11 @@ static void expect_free(expect *ex)
 
 /*
  * Loss (tolerance 16 ulp of wmax * mass * mag, as reference.py's
- * ce_expected) and the gradient before its scale, sum_c coef_c (-logp_c)
- * and A p - coef with A = sum coef: torch's formulas regrouped. The
- * gradient's tolerance is 16 ulp of wmax * mass * (1 + the softmax's scale).
+ * ce_expected) and the gradient with respect to z before its scale,
+ * sum_c coef_c (-logp_c) and A p - coef with A = sum coef: torch's formulas
+ * regrouped. The gradient's tolerance is 16 ulp of wmax * mass * (1 + the
+ * softmax's scale). The z-loss adds zls lse^2 and 2 zls lse p, and to the
+ * tolerances what lse's own (8 ulp of mag) and p's errors make of them.
  */
 static void expect_for(expect *ex, const problem *pb, const config *cf)
 {
@@ -556,7 +644,7 @@ static void expect_for(expect *ex, const problem *pb, const config *cf)
     const long double e = cf->smoothing;
     const int classy = cf->target == T_CLASS || cf->target == T_CLASS_IGNORE_IN_RANGE;
     const int soft = cf->target == T_SOFT;
-    const double eps = pb->t->eps;
+    const double eps = pb->t->eps, tiny = pb->t->tiny, zls = pb->opt.lse_square_scale;
     long double W = 0.0L;
     double wmax = 1.0;
     if (cf->weighted) {
@@ -592,12 +680,27 @@ static void expect_for(expect *ex, const problem *pb, const config *cf)
                 s += wc * -logp[c];
                 gsum[c] = (double)(A * p[c] - e / C * wc - (c == y ? (1 - e) * wy : 0.0L));
             }
-            if (e > 0) /* torch adds the smoothing term only when smoothing */
+            if (e > 0) { /* torch adds the smoothing term only when smoothing */
                 loss += e / C * s;
-            else if (is_f32(pb->t)) /* README's float32 accuracy bar (times w_y, and
-                                       the product's rounding) */
-                bar = (cf->weighted ? 3 : 2) * eps * (double)wy *
-                      fmax(fabs(pb->lse_d[i]), fabs(pb->x[i * C + y]));
+            } else if (!pb->poisoned[i]) {
+                /* -logp[y] = log1p(sum_{c != y} p_c / p_y): the error of
+                   the terms below the row's max (its own exps are exact
+                   ones), and of z[y] against the max, whatever the loss's
+                   size; three roundings of the loss on top (log1p, the
+                   weight's product, the dtype's), and the terms the exp
+                   flushes (each below 2 tiny) */
+                const double zy = pb->z[i * C + y], m = pb->m[i];
+                double below = zy < m ? pb->zulp * (fabs(m) + fabs(zy)) : 0.0;
+                for (int64_t c = 0; c < C; c++)
+                    if (pb->z[i * C + c] < m && p[c] > 0)
+                        below += pb->p_d[i * C + c] * sm_rel(pb, i, c);
+                bar = (double)wy * (eps * (3 * (double)-logp[y] + below) + 2 * tiny * C);
+                if (is_f32(pb->t) && pb->zulp == 0.0) /* README's float32 accuracy
+                                                         bar (times w_y, and the
+                                                         product's rounding) */
+                    bar = fmin(bar, (cf->weighted ? 3 : 2) * eps * (double)wy *
+                                        fmax(fabs(pb->lse_d[i]), fabs(zy)));
+            }
         } else if (soft) {
             double sq = 0.0;
             for (int64_t c = 0; c < C; c++) {
@@ -612,9 +715,21 @@ static void expect_for(expect *ex, const problem *pb, const config *cf)
             }
             mass = sq > 1.0 ? sq : 1.0;
         }
-        ex->loss[i] = (double)loss;
-        ex->loss_tol[i] = ex->ignored[i] ? 0.0 : fmin(bar, 16 * eps * wmax * mass * pb->mag[i]);
-        ex->gsum_tol[i] = ex->ignored[i] ? 0.0 : 16 * eps * wmax * mass * (1 + pb->sm_scale[i]);
+        double zl_tol = 0.0, zlg_tol = 0.0;
+        if (zls != 0.0 && !ex->ignored[i] && cf->target != T_NONE) {
+            const long double lse = pb->lse[i];
+            loss += zls * lse * lse;
+            for (int64_t c = 0; c < C; c++)
+                gsum[c] += (double)(2 * zls * lse * p[c]);
+            const double a = fabs(pb->lse_d[i]), lse_tol = 8 * eps * pb->mag[i];
+            zl_tol = zls * (2 * eps * a * a + 2 * a * lse_tol);
+            zlg_tol = 2 * zls * (a * 16 * eps * pb->sm_scale[i] + lse_tol);
+        }
+        ex->loss[i] = round_to(pb->t, (double)loss); /* inf past the dtype's range */
+        ex->loss_tol[i] =
+            ex->ignored[i] ? 0.0 : fmin(bar, 16 * eps * wmax * mass * pb->mag[i]) + zl_tol;
+        ex->gsum_tol[i] =
+            ex->ignored[i] ? 0.0 : 16 * eps * wmax * mass * (1 + pb->sm_scale[i]) + zlg_tol;
     }
 }
 
@@ -681,6 +796,9 @@ static int start_run(const problem *pb, const expect *ex, const config *cf, int 
         .out_kind = cf->out_kind,
         .out = r->out,
         .out_stride = r->os,
+        .logit_scale = pb->opt.logit_scale,
+        .softcap = pb->opt.softcap,
+        .lse_square_scale = pb->opt.lse_square_scale,
         .grad_scale = GRAD_SCALE,
         /* per-row scales where the layout is not the plain one */
         .grad_row_scale = cf->layout != L_CONTIG ? pb->row_scale_dt : NULL,
@@ -718,8 +836,11 @@ static void check_run(const problem *pb, const expect *ex, const config *cf, con
     const int64_t C = pb->C, R = pb->R;
     const double eps = t->eps, tiny = t->tiny;
     const size_t sz = t->size;
+    /* the error of dz/dx: the softcap's 1 - tanh^2 is off by tanh's */
+    const double s = pb->opt.logit_scale > 0 ? pb->opt.logit_scale : 1;
+    const double dz_err = 2 * pb->zulp * eps * s;
     for (int64_t i = 0; i < R && !(case_failed && n_mismatches > MAX_PRINTED); i++) {
-        const double *x = pb->x + i * C;
+        const double *z = pb->z + i * C, *dz = pb->dz + i * C;
         const int ignored = ex->ignored[i];
         if (cf->results != RES_LSE && cf->target != T_NONE)
             check("loss", i, -1, get(t, r->loss, i), ignored ? 0.0 : ex->loss[i],
@@ -738,16 +859,14 @@ static void check_run(const problem *pb, const expect *ex, const config *cf, con
                 want = tol = 0.0;
             } else if (cf->out_kind == XENTC_OUT_LOG_SOFTMAX) {
                 want = lp[c];
-                tol = 8 * eps * (pb->mag[i] + fabs(x[c]));
+                tol = 8 * eps * (pb->mag[i] + (1 + pb->zulp) * fabs(z[c]));
             } else if (cf->out_kind == XENTC_OUT_SOFTMAX) {
                 want = p[c];
-                /* exp(x - max - ls): eps relative per unit of |x - max - ls| */
-                tol = x[c] == -INFINITY
-                          ? 0.0
-                          : 8 * eps * p[c] * (2 + (pb->m[i] - x[c]) + pb->ls[i]) + 2 * tiny;
+                /* exp(z - max - ls): eps relative per unit of |z - max - ls| */
+                tol = z[c] == -INFINITY ? 0.0 : 8 * eps * p[c] * sm_rel(pb, i, c) + 2 * tiny;
             } else {
-                want = pb->poisoned[i] ? NAN : g * gs[c];
-                tol = fabs(g) * ex->gsum_tol[i] + 2 * tiny;
+                want = pb->poisoned[i] ? NAN : g * gs[c] * dz[c];
+                tol = fabs(g) * (ex->gsum_tol[i] * dz[c] + fabs(gs[c]) * dz_err) + 2 * tiny;
             }
             check(out_names[cf->out_kind], i, c, got, want, tol);
         }
@@ -786,9 +905,14 @@ static void check_run(const problem *pb, const expect *ex, const config *cf, con
 
 static void describe(const problem *pb, const config *cf, const char *isa)
 {
+    const options *o = &pb->opt;
+    char opts[96] = "";
+    if (o->logit_scale != 0.0 || o->softcap != 0.0 || o->lse_square_scale != 0.0)
+        snprintf(opts, sizeof opts, " logit_scale=%g softcap=%g lse_square_scale=%g",
+                 o->logit_scale, o->softcap, o->lse_square_scale);
     snprintf(where, sizeof where,
-             "[%s %s C=%" PRId64 " rows=%" PRId64 " %s%s smoothing=%g out=%s %s results=%s]",
-             isa, pb->t->name, pb->C, pb->R, target_names[cf->target],
+             "[%s %s C=%" PRId64 " rows=%" PRId64 "%s %s%s smoothing=%g out=%s %s results=%s]",
+             isa, pb->t->name, pb->C, pb->R, opts, target_names[cf->target],
              cf->weighted ? " weighted" : "", cf->smoothing, out_names[cf->out_kind],
              layout_names[cf->layout], results_names[cf->results]);
 }
@@ -831,45 +955,149 @@ static void check_problem(const problem *pb, const config *cfs, int n, const cha
     }
 }
 
-static void check_rows_all(const dtype *t, const char *isa)
+/* A problem and the configs it is checked with. */
+enum { SET_FULL, SET_MANY_ROWS, SET_GIANT, SET_LONG, SET_CONFIDENT };
+
+typedef struct {
+    int64_t C; /* < 0: that many 4 KiB blocks, and 5 more classes */
+    int64_t R; /* 0: special rows in a narrow batch of their own (see row_pattern) */
+    int set;
+} sized;
+
+static void check_sized(const dtype *t, const sized *sz, const options *opt, const char *isa)
 {
     static config full[256];
-    const int n_full = full_configs(full);
-    for (int64_t C = 1; C <= 70; C++) {
-        /* narrow rows go in batches of up to 64: a first batch free of
-           special rows takes the batch's fast path */
-        problem *pb = make_problem(t, C, C <= 16 ? 64 + N_SPECIAL : 8 + N_SPECIAL, 0);
+    static int n_full;
+    if (!n_full)
+        n_full = full_configs(full);
+    const int64_t C = sz->C > 0 ? sz->C : -sz->C * (int64_t)(4096 / t->size) + 5;
+    /* narrow rows go in batches of up to 64: a first batch free of special
+       rows takes the batch's fast path */
+    const int64_t R = sz->R > 0 ? sz->R : C <= 16 ? 64 + N_SPECIAL : 8 + N_SPECIAL;
+    problem *pb = make_problem(t, C, R,
+                               sz->set == SET_GIANT       ? ROWS_GIANT
+                               : sz->set == SET_CONFIDENT ? ROWS_CONFIDENT
+                                                          : ROWS_MIXED,
+                               opt);
+    if (sz->set == SET_MANY_ROWS)
+        check_problem(pb, many_rows_configs,
+                      (int)(sizeof many_rows_configs / sizeof many_rows_configs[0]), isa);
+    else if (sz->set == SET_GIANT)
+        check_problem(pb, giant_configs, (int)(sizeof giant_configs / sizeof giant_configs[0]),
+                      isa);
+    else if (sz->set == SET_LONG)
+        check_problem(pb, long_configs, (int)(sizeof long_configs / sizeof long_configs[0]), isa);
+    else
         check_problem(pb, full, n_full, isa);
-        free_problem(pb);
-    }
-    static const struct {
-        int64_t C, R; /* C < 0: that many 4 KiB blocks */
-        int set;      /* 0 full, 1 many rows, 2 giant */
-    } more[] = {
-        {257, 4 + N_SPECIAL, 0},
-        {4097, 2 + N_SPECIAL, 0},
+    free_problem(pb);
+}
+
+static void check_rows_all(const dtype *t, const char *isa)
+{
+    for (int64_t C = 1; C <= 70; C++)
+        check_sized(t, &(sized){C, 0, SET_FULL}, NULL, isa);
+    static const sized more[] = {
+        {257, 4 + N_SPECIAL, SET_FULL},
+        {4097, 2 + N_SPECIAL, SET_FULL},
         /* two chunks or more: narrow, short and long rows over threads */
-        {3, 8000, 1},
-        {10, 2500, 1},
-        {40, 600, 1},
-        {1100, 20, 1},
+        {3, 8000, SET_MANY_ROWS},
+        {10, 2500, SET_MANY_ROWS},
+        {40, 600, SET_MANY_ROWS},
+        {1100, 20, SET_MANY_ROWS},
         /* the max rises in each of 33 blocks of 4 KiB of one row: more than
            the gradient keeps apart (GRAD_SEGS in row_kernel_template.h) */
-        {-33, 3, 2},
+        {-33, 3, SET_GIANT},
     };
-    for (size_t k = 0; k < sizeof more / sizeof more[0]; k++) {
-        const int64_t C = more[k].C > 0 ? more[k].C : -more[k].C * (int64_t)(4096 / t->size) + 5;
-        problem *pb = make_problem(t, C, more[k].R, more[k].set == 2);
-        if (more[k].set == 0)
-            check_problem(pb, full, n_full, isa);
-        else if (more[k].set == 1)
-            check_problem(pb, many_rows_configs,
-                          (int)(sizeof many_rows_configs / sizeof many_rows_configs[0]), isa);
-        else
-            check_problem(pb, giant_configs,
-                          (int)(sizeof giant_configs / sizeof giant_configs[0]), isa);
-        free_problem(pb);
+    for (size_t k = 0; k < sizeof more / sizeof more[0]; k++)
+        check_sized(t, &more[k], NULL, isa);
+}
+
+/*
+ * The row options, each alone and together, on the paths of the kernels:
+ * up to 64 classes through a scratch of z (narrow rows up to 16), longer
+ * rows transformed block by block (1024 floats, 512 doubles; the ramp and
+ * leading -inf rows move the max in a later block), over threads.
+ * Then logit_scale 0 (a zeroed struct) against 1, and invalid options.
+ */
+static void check_options(const dtype *t, const char *isa)
+{
+    /* exact in float32: the float32 kernels round the options to it */
+    static const options sets[] = {
+        {2.5, 0.0, 0.0},
+        {0.0, 15.0, 0.0}, /* logit_scale 0 is 1 */
+        {0.0, 0.0, 0.125},
+        {0.375, 30.0, 1e-4},
+        {2.5, 8.0, 0.0625}, /* the softcap saturates on the wider rows */
+    };
+    static const sized sizes[] = {
+        {3, 0, SET_FULL}, {16, 0, SET_FULL}, {17, 0, SET_FULL},
+        {64, 0, SET_FULL}, {65, 0, SET_FULL}, {1000, 0, SET_LONG},
+        {1024, 0, SET_LONG}, {1025, 0, SET_LONG}, {5000, 2 + N_SPECIAL, SET_LONG},
+        /* every row confident: the narrow path's batches take their fast path */
+        {3, 64, SET_CONFIDENT}, {16, 64, SET_CONFIDENT}, {40, 8, SET_CONFIDENT},
+        {1025, 4, SET_CONFIDENT},
+        {3, 8000, SET_MANY_ROWS}, {1100, 20, SET_MANY_ROWS},
+        {-33, 3, SET_GIANT},
+    };
+    for (size_t o = 0; o < sizeof sets / sizeof sets[0]; o++)
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+            check_sized(t, &sizes[k], &sets[o], isa);
+
+    /* logit_scale 0 gives logit_scale 1's bits, short rows and long */
+    static const config zero_configs[] = {
+        {T_CLASS, 1, 0.15, XENTC_OUT_GRAD, L_STRIDED, RES_BOTH},
+        {T_SOFT, 0, 0.0, XENTC_OUT_GRAD, L_IN_PLACE, RES_BOTH},
+    };
+    static const int64_t zero_classes[] = {17, 1025};
+    for (size_t k = 0; k < sizeof zero_classes / sizeof zero_classes[0]; k++) {
+        problem *zero = make_problem(t, zero_classes[k], 8 + N_SPECIAL, ROWS_MIXED,
+                                     &(options){0.0, 15.0, 0.125});
+        problem one = *zero; /* the same arrays */
+        one.opt.logit_scale = 1.0;
+        expect ex;
+        expect_init(&ex, zero);
+        for (size_t c = 0; c < sizeof zero_configs / sizeof zero_configs[0]; c++) {
+            const config *cf = &zero_configs[c];
+            describe(zero, cf, isa);
+            snprintf(where + strlen(where), sizeof where - strlen(where), " against 1");
+            begin_case();
+            expect_for(&ex, zero, cf);
+            run a, b;
+            check_status("logit_scale 0", start_run(zero, &ex, cf, 2, &a), XENTC_OK);
+            check_status("logit_scale 1", start_run(&one, &ex, cf, 2, &b), XENTC_OK);
+            check_same(zero, cf, &a, &b);
+            end_run(&a);
+            end_run(&b);
+            end_case();
+        }
+        expect_free(&ex);
+        free_problem(zero);
     }
+
+    /* negative or non-finite options are the caller's bug */
+    snprintf(where, sizeof where, "[%s %s invalid row options]", isa, t->name);
+    begin_case();
+    const int64_t C = 5, R = 3;
+    void *x = filled(t, R * C, 0.5), *loss = filled(t, R, 0.0);
+    static const int64_t target[] = {0, 1, 2};
+    static const double bad[] = {-1.0, -INFINITY, INFINITY, NAN};
+    for (int field = 0; field < 3; field++)
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            xentc_rows r = {.n_rows = R, .n_classes = C, .x = x, .x_stride = C,
+                            .target = target, .ignore_index = IGNORE, .loss = loss};
+            double *v = field == 0 ? &r.logit_scale : field == 1 ? &r.softcap
+                                                                 : &r.lse_square_scale;
+            *v = bad[k];
+            int64_t bad_row = -7;
+            char what[64];
+            snprintf(what, sizeof what, "%s %g",
+                     field == 0 ? "logit_scale" : field == 1 ? "softcap" : "lse_square_scale",
+                     bad[k]);
+            check_status(what, t->rows(&r, 1, &bad_row), XENTC_ERR_ARG);
+        }
+    free(x);
+    free(loss);
+    end_case();
 }
 
 /* ------------------------------------------ targets, errors, proba, exp */
@@ -1170,6 +1398,7 @@ int main(int argc, char **argv)
         n_cases = n_failed_cases = n_mismatches = 0;
         for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++) {
             check_rows_all(&dtypes[d], isa);
+            check_options(&dtypes[d], isa);
             check_bad_targets(&dtypes[d], isa);
             check_proba(&dtypes[d], isa);
             check_exp(&dtypes[d], isa);
