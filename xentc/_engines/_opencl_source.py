@@ -291,6 +291,75 @@ __kernel void xentc_targets(const long n, const long chunk, const long C, const 
     }
 }
 
+/* Pass 2 of xentc_rows on a lane's logits, from c0 in steps of `step`:
+   its ones, rest, S and A (see there), the sums carried per block.
+   Past the row's end the logits read as -inf: exp gives 0, and the linear
+   sums mask them (their coefficient is 0, their d infinite). */
+void row_sums(const __global REAL_T *xr, const long c0, const long C, const long step,
+              const ACC_T m, const int lin, const __global ACC_T *w,
+              const __global REAL_T *q, const ACC_T qa, const ACC_T qb,
+              VACC *ones, VACC *rest, VACC *S, VACC *A)
+{
+    VACC crest = 0, cS = 0, cA = 0;
+    for (long b = c0; b < C; b += SUM_BLOCK * step) {
+        const long b1 = min(C, b + SUM_BLOCK * step);
+        VACC brest = 0, bS = 0, bA = 0;
+        for (long c = b; c < b1; c += step) {
+            const VACC d = vload_real(xr, c, C - c, -INFINITY) - m;
+            *ones += VSELECT((VACC)0, (VACC)1, d == 0);
+            brest += VSELECT(exp(d), (VACC)0, d == 0);
+            if (lin) {
+                const VACC k = coef(w, q, c, C - c, qa, qb);
+                bS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
+                bA += k;
+            }
+        }
+        KAHAN_ADD(*rest, crest, brest);
+        if (lin) {
+            KAHAN_ADD(*S, cS, bS);
+            KAHAN_ADD(*A, cA, bA);
+        }
+    }
+}
+
+/* Pass 3 of xentc_rows: a lane's logits of row xr, from c0 in steps of
+   `step`, give the row's out o, which may be xr: each vector of x is read
+   before its out is written. */
+void write_row(const __global REAL_T *xr, __global REAL_T *o, const long c0, const long C,
+               const long step, const int out_kind, const int ignored, const ACC_T m,
+               const ACC_T ls, const ACC_T alpha, const ACC_T beta, const ACC_T gamma,
+               const ACC_T g, const long y, const __global ACC_T *w, const __global REAL_T *q,
+               const ACC_T qa, const ACC_T qb)
+{
+    for (long c = c0; c < C; c += step) {
+        const long n = C - c;
+        const VACC d = (vload_real(xr, c, n, 0) - m) - ls;
+        VACC r;
+        if (ignored) {
+            r = 0;
+        } else if (out_kind == OUT_LOG_SOFTMAX) {
+            r = d;
+        } else if (out_kind == OUT_SOFTMAX) {
+            r = exp(d);
+        } else {
+            const VACC t1 = alpha * exp(d);
+            const VACC t2 = beta != 0 ? beta * coef(w, q, c, n, qa, qb) : (VACC)0;
+            const VACC t3 = VSELECT((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
+            /* An infinite g (a mean over zero weight) scales torch's terms
+               one by one, so that zero ones give NaN as they do there. */
+            r = isfinite(g) ? g * (t1 - t2 - t3) : g * t1 - g * t2 - g * t3;
+        }
+        if (n >= VEC) {
+            VST_REAL(o, c, r);
+        } else {
+            ACC_T a[VEC];
+            VST_PRIV(r, a);
+            for (int k = 0; k < n; k++)
+                ST(o, c + k, a[k]);
+        }
+    }
+}
+
 /*
  * Rows of x, R lanes per row (R = 1: a row per work-item for short rows;
  * R = group size: a work-group per row for long ones); a lane takes VEC
@@ -353,29 +422,9 @@ __kernel void xentc_rows(
     m = v[0];
     const int has_nan = v[1] > 0;
 
-    /* Past the row's end the logits read as -inf: exp gives 0, and the
-       linear sums mask them (their coefficient is 0, their d infinite). */
-    VACC vrest = 0, vones = 0, vS = 0, vA = 0, crest = 0, cS = 0, cA = 0;
+    VACC vrest = 0, vones = 0, vS = 0, vA = 0;
     if (work)
-        for (long c0 = lane * VEC; c0 < C; c0 += SUM_BLOCK * step) {
-            const long c1 = min(C, c0 + SUM_BLOCK * step);
-            VACC brest = 0, bS = 0, bA = 0;
-            for (long c = c0; c < c1; c += step) {
-                const VACC d = vload_real(xr, c, C - c, -INFINITY) - m;
-                vones += VSELECT((VACC)0, (VACC)1, d == 0);
-                brest += VSELECT(exp(d), (VACC)0, d == 0);
-                if (lin) {
-                    const VACC k = coef(w, q, c, C - c, qa, qb);
-                    bS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
-                    bA += k;
-                }
-            }
-            KAHAN_ADD(vrest, crest, brest);
-            if (lin) {
-                KAHAN_ADD(vS, cS, bS);
-                KAHAN_ADD(vA, cA, bA);
-            }
-        }
+        row_sums(xr, lane * VEC, C, step, m, lin, w, q, qa, qb, &vones, &vrest, &vS, &vA);
     ACC_T rest, ones, S, A;
     /* Read before the barriers below: with out == x, pass 3 overwrites x[y]. */
     ACC_T xy = 0, wy = 1;
@@ -415,7 +464,6 @@ __kernel void xentc_rows(
     if (!live || out_kind == OUT_NONE)
         return;
 
-    __global REAL_T *o = out + out_off + i * out_stride;
     ACC_T alpha = 0, beta = 0, gamma = 0, g = 0;
     if (out_kind == OUT_GRAD) {
         /* d/dx_c = g * (A * p_c - coef_c), A = sum coef: torch's formula
@@ -432,33 +480,8 @@ __kernel void xentc_rows(
             beta = 1;
         }
     }
-    for (long c = lane * VEC; c < C; c += step) {
-        const long n = C - c;
-        const VACC d = (vload_real(xr, c, n, 0) - m) - ls;
-        VACC r;
-        if (ignored) {
-            r = 0;
-        } else if (out_kind == OUT_LOG_SOFTMAX) {
-            r = d;
-        } else if (out_kind == OUT_SOFTMAX) {
-            r = exp(d);
-        } else {
-            const VACC t1 = alpha * exp(d);
-            const VACC t2 = beta != 0 ? beta * coef(w, q, c, n, qa, qb) : (VACC)0;
-            const VACC t3 = VSELECT((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
-            /* An infinite g (a mean over zero weight) scales torch's terms
-               one by one, so that zero ones give NaN as they do there. */
-            r = isfinite(g) ? g * (t1 - t2 - t3) : g * t1 - g * t2 - g * t3;
-        }
-        if (n >= VEC) {
-            VST_REAL(o, c, r);
-        } else {
-            ACC_T a[VEC];
-            VST_PRIV(r, a);
-            for (int k = 0; k < n; k++)
-                ST(o, c + k, a[k]);
-        }
-    }
+    write_row(xr, out + out_off + i * out_stride, lane * VEC, C, step, out_kind, ignored, m, ls,
+              alpha, beta, gamma, g, y, w, q, qa, qb);
 }
 
 /*
