@@ -417,7 +417,8 @@ void write_row(const int zf, const ACC_T sc, const ACC_T cap, const ACC_T su,
  *   pass 2: ones = #(z == m), rest = sum exp(z - m) over the others,
  *           S = sum coef * (z - m), A = sum coef;
  *           ls = log1p((ones - 1) + rest), exact when the sum is near 1;
- *           loss and lse from m, ls, S, A (A * ls - S adds terms of one sign);
+ *           loss and lse from m, ls, S, A (A * ls - S adds terms of one sign),
+ *           plus zls * lse^2 (the z-loss) on rows with targets;
  *   pass 3: out = log_softmax, softmax or the gradient with respect to x
  *           g * (alpha * p - beta * coef - gamma * [c == y]) * dz/dx.
  * Lanes past the last row take part in the barriers and do nothing else.
@@ -435,7 +436,7 @@ __kernel void xentc_rows(
     __global ACC_T *lse, const long lse_off,
     const int out_kind, __global REAL_T *out, const long out_off, const long out_stride,
     const ACC_T grad_scale, const __global ACC_T *row_scale, const long rs_off,
-    const ACC_T sc, const ACC_T cap,
+    const ACC_T sc, const ACC_T cap, const ACC_T zls,
     const int flags, __local ACC_T *buf)
 {
     const uint lid = get_local_id(0), lane = lid & (R - 1);
@@ -500,6 +501,13 @@ __kernel void xentc_rows(
 
     /* A row without a max (all -inf, or NaN) has no log-sum: NaN, as torch. */
     const ACC_T ls = m > -INFINITY ? log1p((ones - 1) + rest) : NAN;
+    /* torch.logsumexp: +-inf for a row whose max is infinite, unless the
+       row holds a NaN. */
+    const ACC_T row_lse = isinf(m) ? (has_nan ? NAN : m) : m + ls;
+    /* The z-loss (PaLM's auxiliary loss) on rows with targets; skipped, not
+       multiplied, when zls is 0: 0 * inf would make NaN of the loss of a
+       row whose lse is infinite. */
+    const int zloss = zls != 0 && (has_target || (flags & HAS_SOFT));
     if (live && lane == 0) {
         ACC_T row_loss = 0;
         if (has_target) {
@@ -509,9 +517,8 @@ __kernel void xentc_rows(
         } else {
             row_loss = A * ls - S;
         }
-        /* torch.logsumexp: +-inf for a row whose max is infinite, unless
-           the row holds a NaN. */
-        const ACC_T row_lse = isinf(m) ? (has_nan ? NAN : m) : m + ls;
+        if (zloss)
+            row_loss += zls * row_lse * row_lse;
         if (flags & HAS_LOSS)
             loss[loss_off + i] = ignored ? 0 : row_loss;
         if (flags & HAS_LSE)
@@ -536,6 +543,9 @@ __kernel void xentc_rows(
             alpha = A;
             beta = 1;
         }
+        /* d(zls * lse^2)/dz_c = 2 * zls * lse * p_c */
+        if (zloss)
+            alpha += 2 * zls * row_lse;
     }
     ZMAP_CALL(write_row, flags, sc, cap, su, xr, out + out_off + i * out_stride, lane * VEC, C,
               step, out_kind, ignored, m, ls, alpha, beta, gamma, g, y, w, q, qa, qb);

@@ -244,7 +244,8 @@ def _rows_args(job, acc, lanes, loss, lse, res):
             np.int32(OUT_KINDS.index(job.out_kind)), *rt.buf(res),
             np.int64(0 if res is None else res.strides[0] // res.dtype.itemsize),
             acc.type(job.grad_scale), *rt.buf(job.grad_row_scale),
-            acc.type(scale), acc.type(1.0 if cap is None else cap), np.int32(flags))
+            acc.type(scale), acc.type(1.0 if cap is None else cap),
+            acc.type(job.lse_square_scale), np.int32(flags))
     return args, [x, job.target, soft, job.weight, job.grad_row_scale, res]
 
 
