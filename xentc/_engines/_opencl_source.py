@@ -128,6 +128,8 @@ __kernel void xentc_reduce_final(const long n, const __global RV_T *part, const 
 #define HAS_LOSS 8
 #define HAS_LSE 16
 #define HAS_ROW_SCALE 32
+#define HAS_SCALE 64
+#define HAS_CAP 128
 
 /* weight, loss, lse and row_scale are ACC_T arrays: float32 next to half
    logits, as the API layer gives and expects them. */
@@ -237,6 +239,37 @@ ACC_T hmax(const VACC v)
         (acc) = t_;                                                    \
     } while (0)
 
+/* The logits the row maths see (RowJob's logit_scale sc and softcap cap,
+   su = sc / cap): z = cap * tanh(x * su) with HAS_CAP, z = sc * x with
+   HAS_SCALE, x itself otherwise. A macro: it takes scalars and vectors
+   alike. zf holds the flags of the map (ZMAP_FLAGS) alone. */
+#define ZMAP_FLAGS (HAS_SCALE | HAS_CAP)
+#define ZMAP(v, zf, sc, cap, su)                                       \
+    ((zf) & HAS_CAP ? (cap) * tanh((v) * (su)) : (zf) & HAS_SCALE ? (sc) * (v) : (v))
+
+/* f(zf, ...) for a row with the map `flags`, zf a literal 0 for a row
+   without: inlined, that call is the loop without ZMAP. A branch on the
+   (uniform) flags per vector cost the default rows about 5% on PoCL,
+   which leaves it in the loop. */
+#define ZMAP_CALL(f, flags, ...)                                       \
+    do {                                                               \
+        if ((flags) & ZMAP_FLAGS)                                      \
+            f((flags) & ZMAP_FLAGS, __VA_ARGS__);                      \
+        else                                                           \
+            f(0, __VA_ARGS__);                                         \
+    } while (0)
+
+/* z of logits [c, c + VEC), -inf from the n-th on as in vload_real: a
+   softcap would map that padding to -cap (sc * -inf stays -inf). */
+VACC vload_z(const __global REAL_T *p, const long c, const long n, const int zf,
+             const ACC_T sc, const ACC_T cap, const ACC_T su)
+{
+    const VACC z = ZMAP(vload_real(p, c, n, -INFINITY), zf, sc, cap, su);
+    if (n >= VEC || !(zf & HAS_CAP))
+        return z;
+    return VSELECT(z, (VACC)-INFINITY, IOTA >= (ACC_T)n);
+}
+
 /* Coefficients of logits [c, c + VEC) in the linear sums, 0 past the row's
    end: w[c] for smoothed class targets, w[c] * (qa * q[c] + qb) for
    (smoothed) soft targets. */
@@ -291,18 +324,103 @@ __kernel void xentc_targets(const long n, const long chunk, const long C, const 
     }
 }
 
+/* Pass 2 of xentc_rows on a lane's logits, from c0 in steps of `step`:
+   its ones, rest, S and A (see there), the sums carried per block.
+   Past the row's end z reads as -inf: exp gives 0, and the linear sums
+   mask it (its coefficient is 0, its d infinite). */
+void row_sums(const int zf, const ACC_T sc, const ACC_T cap, const ACC_T su,
+              const __global REAL_T *xr, const long c0, const long C, const long step,
+              const ACC_T m, const int lin, const __global ACC_T *w,
+              const __global REAL_T *q, const ACC_T qa, const ACC_T qb,
+              VACC *ones, VACC *rest, VACC *S, VACC *A)
+{
+    VACC crest = 0, cS = 0, cA = 0;
+    for (long b = c0; b < C; b += SUM_BLOCK * step) {
+        const long b1 = min(C, b + SUM_BLOCK * step);
+        VACC brest = 0, bS = 0, bA = 0;
+        for (long c = b; c < b1; c += step) {
+            const VACC d = vload_z(xr, c, C - c, zf, sc, cap, su) - m;
+            *ones += VSELECT((VACC)0, (VACC)1, d == 0);
+            brest += VSELECT(exp(d), (VACC)0, d == 0);
+            if (lin) {
+                const VACC k = coef(w, q, c, C - c, qa, qb);
+                bS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
+                bA += k;
+            }
+        }
+        KAHAN_ADD(*rest, crest, brest);
+        if (lin) {
+            KAHAN_ADD(*S, cS, bS);
+            KAHAN_ADD(*A, cA, bA);
+        }
+    }
+}
+
+/* Pass 3 of xentc_rows: a lane's logits of row xr, from c0 in steps of
+   `step`, give the row's out o, which may be xr: each vector of x is read
+   before its out is written. */
+void write_row(const int zf, const ACC_T sc, const ACC_T cap, const ACC_T su,
+               const __global REAL_T *xr, __global REAL_T *o, const long c0, const long C,
+               const long step, const int out_kind, const int ignored, const ACC_T m,
+               const ACC_T ls, const ACC_T alpha, const ACC_T beta, const ACC_T gamma,
+               const ACC_T g, const long y, const __global ACC_T *w, const __global REAL_T *q,
+               const ACC_T qa, const ACC_T qb)
+{
+    for (long c = c0; c < C; c += step) {
+        const long n = C - c;
+        const VACC xc = vload_real(xr, c, n, 0);
+        const VACC d = (ZMAP(xc, zf, sc, cap, su) - m) - ls;
+        VACC r;
+        if (ignored) {
+            r = 0;
+        } else if (out_kind == OUT_LOG_SOFTMAX) {
+            r = d;
+        } else if (out_kind == OUT_SOFTMAX) {
+            r = exp(d);
+        } else {
+            /* dz/dx, the chain rule's way back to x: sc * sech(x * su)^2
+               under a softcap (1 - tanh^2 would cancel to nothing where
+               tanh nears 1; cosh overflowing to inf gives 0, the limit). */
+            VACC dz = 1;
+            if (zf & HAS_CAP) {
+                const VACC sech = 1 / cosh(xc * su);
+                dz = sc * sech * sech;
+            } else if (zf & HAS_SCALE) {
+                dz = sc;
+            }
+            const VACC t1 = alpha * exp(d);
+            const VACC t2 = beta != 0 ? beta * coef(w, q, c, n, qa, qb) : (VACC)0;
+            const VACC t3 = VSELECT((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
+            /* An infinite g (a mean over zero weight) scales torch's terms
+               one by one, so that zero ones give NaN as they do there. */
+            r = isfinite(g) ? g * ((t1 - t2 - t3) * dz) : (g * t1 - g * t2 - g * t3) * dz;
+        }
+        if (n >= VEC) {
+            VST_REAL(o, c, r);
+        } else {
+            ACC_T a[VEC];
+            VST_PRIV(r, a);
+            for (int k = 0; k < n; k++)
+                ST(o, c + k, a[k]);
+        }
+    }
+}
+
 /*
  * Rows of x, R lanes per row (R = 1: a row per work-item for short rows;
  * R = group size: a work-group per row for long ones); a lane takes VEC
  * logits at a time, a partial vector at the row's end. Per row, with
- * e = label smoothing, qa = 1 - e, qb = e / C (see xentc._engines):
- *   pass 1: m = max(x), NaN skipped (it poisons the sum instead);
- *   pass 2: ones = #(x == m), rest = sum exp(x - m) over the others,
- *           S = sum coef * (x - m), A = sum coef;
+ * e = label smoothing, qa = 1 - e, qb = e / C (see xentc._engines), on
+ * z = ZMAP(x) (the logit scale and softcap; mapped again by each pass that
+ * needs it, where storing z would cost a write and a read of the row):
+ *   pass 1: m = max(z) = ZMAP(max(x)), NaN skipped (it poisons the sum instead);
+ *   pass 2: ones = #(z == m), rest = sum exp(z - m) over the others,
+ *           S = sum coef * (z - m), A = sum coef;
  *           ls = log1p((ones - 1) + rest), exact when the sum is near 1;
- *           loss and lse from m, ls, S, A (A * ls - S adds terms of one sign);
- *   pass 3: out = log_softmax, softmax or the gradient
- *           g * (alpha * p - beta * coef - gamma * [c == y]).
+ *           loss and lse from m, ls, S, A (A * ls - S adds terms of one sign),
+ *           plus zls * lse^2 (the z-loss) on rows with targets;
+ *   pass 3: out = log_softmax, softmax or the gradient with respect to x
+ *           g * (alpha * p - beta * coef - gamma * [c == y]) * dz/dx.
  * Lanes past the last row take part in the barriers and do nothing else.
  * A class target outside [0, C) that is not ignore_index gives NaN (the API
  * layer rejects those before launching): it is never used as an index.
@@ -318,6 +436,7 @@ __kernel void xentc_rows(
     __global ACC_T *lse, const long lse_off,
     const int out_kind, __global REAL_T *out, const long out_off, const long out_stride,
     const ACC_T grad_scale, const __global ACC_T *row_scale, const long rs_off,
+    const ACC_T sc, const ACC_T cap, const ACC_T zls,
     const int flags, __local ACC_T *buf)
 {
     const uint lid = get_local_id(0), lane = lid & (R - 1);
@@ -336,6 +455,7 @@ __kernel void xentc_rows(
         bad = !ignored && (y < 0 || y >= C);
     }
     const int work = live && !ignored;
+    const ACC_T su = (flags & HAS_CAP) ? sc / cap : 0;
 
     const long step = (long)R * VEC;
     ACC_T v[4];
@@ -349,38 +469,24 @@ __kernel void xentc_rows(
     v[0] = hmax(vm);
     v[1] = hmax(vnan);
     seg_reduce(buf, v, 2, RED_MAX, R);
-    ACC_T m;
-    m = v[0];
+    /* max(z) = ZMAP(max(x)), ZMAP being nondecreasing (a device's tanh
+       off by an ulp only puts a z just above m in rest, exp(d) near 1).
+       Mapped as a vector: m has the very bits that pass 2's map gives the
+       largest logit, so that ones counts it. */
+    ACC_T m = v[0];
+    if (flags & ZMAP_FLAGS)
+        m = hmax(ZMAP((VACC)m, flags, sc, cap, su));
     const int has_nan = v[1] > 0;
 
-    /* Past the row's end the logits read as -inf: exp gives 0, and the
-       linear sums mask them (their coefficient is 0, their d infinite). */
-    VACC vrest = 0, vones = 0, vS = 0, vA = 0, crest = 0, cS = 0, cA = 0;
+    VACC vrest = 0, vones = 0, vS = 0, vA = 0;
     if (work)
-        for (long c0 = lane * VEC; c0 < C; c0 += SUM_BLOCK * step) {
-            const long c1 = min(C, c0 + SUM_BLOCK * step);
-            VACC brest = 0, bS = 0, bA = 0;
-            for (long c = c0; c < c1; c += step) {
-                const VACC d = vload_real(xr, c, C - c, -INFINITY) - m;
-                vones += VSELECT((VACC)0, (VACC)1, d == 0);
-                brest += VSELECT(exp(d), (VACC)0, d == 0);
-                if (lin) {
-                    const VACC k = coef(w, q, c, C - c, qa, qb);
-                    bS += VSELECT(k * d, (VACC)0, IOTA >= (ACC_T)(C - c));
-                    bA += k;
-                }
-            }
-            KAHAN_ADD(vrest, crest, brest);
-            if (lin) {
-                KAHAN_ADD(vS, cS, bS);
-                KAHAN_ADD(vA, cA, bA);
-            }
-        }
+        ZMAP_CALL(row_sums, flags, sc, cap, su, xr, lane * VEC, C, step, m, lin, w, q, qa, qb,
+                  &vones, &vrest, &vS, &vA);
     ACC_T rest, ones, S, A;
     /* Read before the barriers below: with out == x, pass 3 overwrites x[y]. */
     ACC_T xy = 0, wy = 1;
     if (work && has_target) {
-        xy = bad ? NAN : LD(xr, y);
+        xy = bad ? NAN : ZMAP(LD(xr, y), flags, sc, cap, su);
         wy = bad ? NAN : (w ? w[y] : (ACC_T)1);
     }
     v[0] = hsum(vrest);
@@ -395,6 +501,13 @@ __kernel void xentc_rows(
 
     /* A row without a max (all -inf, or NaN) has no log-sum: NaN, as torch. */
     const ACC_T ls = m > -INFINITY ? log1p((ones - 1) + rest) : NAN;
+    /* torch.logsumexp: +-inf for a row whose max is infinite, unless the
+       row holds a NaN. */
+    const ACC_T row_lse = isinf(m) ? (has_nan ? NAN : m) : m + ls;
+    /* The z-loss (PaLM's auxiliary loss) on rows with targets; skipped, not
+       multiplied, when zls is 0: 0 * inf would make NaN of the loss of a
+       row whose lse is infinite. */
+    const int zloss = zls != 0 && (has_target || (flags & HAS_SOFT));
     if (live && lane == 0) {
         ACC_T row_loss = 0;
         if (has_target) {
@@ -404,9 +517,8 @@ __kernel void xentc_rows(
         } else {
             row_loss = A * ls - S;
         }
-        /* torch.logsumexp: +-inf for a row whose max is infinite, unless
-           the row holds a NaN. */
-        const ACC_T row_lse = isinf(m) ? (has_nan ? NAN : m) : m + ls;
+        if (zloss)
+            row_loss += zls * row_lse * row_lse;
         if (flags & HAS_LOSS)
             loss[loss_off + i] = ignored ? 0 : row_loss;
         if (flags & HAS_LSE)
@@ -415,13 +527,13 @@ __kernel void xentc_rows(
     if (!live || out_kind == OUT_NONE)
         return;
 
-    __global REAL_T *o = out + out_off + i * out_stride;
     ACC_T alpha = 0, beta = 0, gamma = 0, g = 0;
     if (out_kind == OUT_GRAD) {
-        /* d/dx_c = g * (A * p_c - coef_c), A = sum coef: torch's formula
-           regrouped; class targets put (1 - e) * w[y] on c == y. The scale
-           g comes last, so that the gradient scales with it to the ulp
-           even where the bracket cancels. */
+        /* d/dz_c = g * (A * p_c - coef_c), A = sum coef: torch's formula
+           regrouped; class targets put (1 - e) * w[y] on c == y. write_row
+           takes it back to x, and the scale g comes last, so that the
+           gradient scales with it to the ulp even where the bracket
+           cancels. */
         g = grad_scale * ((flags & HAS_ROW_SCALE) ? row_scale[rs_off + i] : 1);
         if (has_target) {
             alpha = qa * wy + (e > 0 ? qb * A : 0);
@@ -431,34 +543,12 @@ __kernel void xentc_rows(
             alpha = A;
             beta = 1;
         }
+        /* d(zls * lse^2)/dz_c = 2 * zls * lse * p_c */
+        if (zloss)
+            alpha += 2 * zls * row_lse;
     }
-    for (long c = lane * VEC; c < C; c += step) {
-        const long n = C - c;
-        const VACC d = (vload_real(xr, c, n, 0) - m) - ls;
-        VACC r;
-        if (ignored) {
-            r = 0;
-        } else if (out_kind == OUT_LOG_SOFTMAX) {
-            r = d;
-        } else if (out_kind == OUT_SOFTMAX) {
-            r = exp(d);
-        } else {
-            const VACC t1 = alpha * exp(d);
-            const VACC t2 = beta != 0 ? beta * coef(w, q, c, n, qa, qb) : (VACC)0;
-            const VACC t3 = VSELECT((VACC)0, (VACC)gamma, IOTA == (ACC_T)(y - c));
-            /* An infinite g (a mean over zero weight) scales torch's terms
-               one by one, so that zero ones give NaN as they do there. */
-            r = isfinite(g) ? g * (t1 - t2 - t3) : g * t1 - g * t2 - g * t3;
-        }
-        if (n >= VEC) {
-            VST_REAL(o, c, r);
-        } else {
-            ACC_T a[VEC];
-            VST_PRIV(r, a);
-            for (int k = 0; k < n; k++)
-                ST(o, c + k, a[k]);
-        }
-    }
+    ZMAP_CALL(write_row, flags, sc, cap, su, xr, out + out_off + i * out_stride, lane * VEC, C,
+              step, out_kind, ignored, m, ls, alpha, beta, gamma, g, y, w, q, qa, qb);
 }
 
 /*

@@ -35,6 +35,7 @@ from ._opencl_array import namespace  # noqa: F401  (part of the engine's interf
 name = "opencl"
 
 _HAS_TARGET, _HAS_SOFT, _HAS_WEIGHT, _HAS_LOSS, _HAS_LSE, _HAS_ROW_SCALE = 1, 2, 4, 8, 16, 32
+_HAS_SCALE, _HAS_CAP = 64, 128
 # CPU devices take a row per work-item (their SIMD is in VEC, and trees across
 # work-items only cost there).
 _CPU_ROW_PER_ITEM = True
@@ -225,7 +226,10 @@ def _rows_args(job, acc, lanes, loss, lse, res):
     soft, q_stride = (None, 0) if job.soft is None else _rows_layout(job.soft)
     n_rows, n_classes = x.shape
     e = float(job.label_smoothing)
-    flags = ((_HAS_TARGET if job.target is not None else 0)
+    scale, cap = float(job.logit_scale), job.softcap
+    # The kernel maps logits only under these flags: the default reads them as they are.
+    flags = ((_HAS_CAP if cap is not None else _HAS_SCALE if scale != 1 else 0)
+             | (_HAS_TARGET if job.target is not None else 0)
              | (_HAS_SOFT if soft is not None else 0)
              | (_HAS_WEIGHT if job.weight is not None else 0)
              | (_HAS_LOSS if loss is not None else 0) | (_HAS_LSE if lse is not None else 0)
@@ -240,7 +244,8 @@ def _rows_args(job, acc, lanes, loss, lse, res):
             np.int32(OUT_KINDS.index(job.out_kind)), *rt.buf(res),
             np.int64(0 if res is None else res.strides[0] // res.dtype.itemsize),
             acc.type(job.grad_scale), *rt.buf(job.grad_row_scale),
-            np.int32(flags))
+            acc.type(scale), acc.type(1.0 if cap is None else cap),
+            acc.type(job.lse_square_scale), np.int32(flags))
     return args, [x, job.target, soft, job.weight, job.grad_row_scale, res]
 
 
