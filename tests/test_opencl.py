@@ -30,6 +30,8 @@ import pyopencl.array as cla  # noqa: E402
 import torch
 from reference import (
     REDUCTIONS,
+    options_reference,
+    options_tolerance,
     assert_within,
     ce_expected,
     class_axis,
@@ -166,6 +168,26 @@ def test_class_targets(shape, weight_ignore, smoothing, dtype, queue, rng):
     for reduction in REDUCTIONS:
         check_ce(queue, x, t, dtype, weight=w, ignore_index=-100 if ignore is None else ignore,
                  reduction=reduction, label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("n_classes", [5, 700])
+def test_llm_options_on_device_arrays(n_classes, dtype, queue, rng):
+    """softcap, logit_scale, the z-loss, sample_weight and lse of pyopencl arrays,
+    results and gradient (in place) on the device, against torch float64."""
+    x = make_logits(rng, (12, n_classes), dtype)
+    t = make_targets(rng, (12,), n_classes, ignore_index=-100)
+    sw = rng.uniform(0.0, 2.0, 12).astype(dtype)
+    opts = dict(logit_scale=1.3, softcap=6.0, lse_square_scale=1e-2, label_smoothing=0.1)
+    want = options_reference(x, t, sample_weight=sw, **opts)
+    tols = options_tolerance(x, t, dtype, sample_weight=sw, **opts)
+    xd = cla.to_device(queue, x)
+    got = xentc.cross_entropy_with_grad(xd, cla.to_device(queue, t),
+                                        sample_weight=cla.to_device(queue, sw), out=xd,
+                                        return_z_loss=True, return_lse=True, **opts)
+    assert got[3] is xd and all(isinstance(a, cla.Array) for a in got)
+    for name, g, w, tol in zip(("loss", "z_loss", "lse", "grad"), got, want,
+                               (tols[0], tols[0], tols[1], tols[2])):
+        assert_within(g.get(), w, tol + 8 * np.finfo(dtype).eps * np.abs(w), name)
 
 
 @pytest.mark.parametrize("smoothing", SMOOTHINGS)

@@ -490,11 +490,13 @@ def _weighted_count(xp, sample_weight, keep, weight, target):
     """The mean's divisor with sample weights: the sum over kept rows of
     ``sample_weight * weight[target]`` (of `sample_weight` without targets)."""
     if keep is None:
-        return float(xp.sum(sample_weight))
-    v = sample_weight
-    if weight is not None:
-        v = v * xp.take(weight, xp.where(keep, target, xp.zeros_like(target)))
-    return float(xp.sum(xp.where(keep, v, xp.zeros_like(v))))
+        total = xp.sum(sample_weight)
+    else:
+        v = sample_weight
+        if weight is not None:
+            v = v * xp.take(weight, xp.where(keep, target, xp.zeros_like(target)))
+        total = xp.sum(xp.where(keep, v, xp.zeros_like(v)))
+    return float(_dispatch.to_numpy(total))  # device scalars (OpenCL's) too
 
 
 def _scalar(value, what):

@@ -88,8 +88,8 @@ def to_numpy(array):
     """The values of `array` as a NumPy array: NumPy arrays as they are, others
     copied from their device (pyopencl ones by their own ``get``, which is
     what they have instead of DLPack)."""
-    if isinstance(array, np.ndarray):
-        return array
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.asarray(array)
     if _is_opencl(array):
         return array.get()
     if "cpu" not in str(_device(array)).lower():

@@ -382,6 +382,13 @@ class Namespace:
         x = c_contiguous(x)
         return abs(x) == np.inf if x.dtype.kind == "f" else self.zeros_like(x, dtype=self.bool)
 
+    def isfinite(self, x, /):
+        """Which elements are finite (all in integer arrays)."""
+        x = c_contiguous(x)
+        if x.dtype.kind != "f":
+            return self.ones_like(x, dtype=self.bool)
+        return abs(x) < np.inf  # False for NaN and +-inf
+
     def concat(self, arrays, /, *, axis=0):
         """`arrays` joined along `axis`, in their result dtype; the other axes must match."""
         first = arrays[0]
