@@ -100,9 +100,9 @@ QUICK_SHAPES = SHAPES[:1]
 DTYPES = ("float32", "bfloat16")
 REPEAT, QUICK_REPEAT = 20, 5
 #: The tests over the ``library`` fixture, and its ids of CUDA arrays (see
-#: tests/conftest.py), for ``-k``. Only that module is collected: an import
-#: error elsewhere in the suite is not a CUDA result.
-CUDA_TESTS = "tests/test_libraries.py"
+#: tests/conftest.py), for ``-k``. Only those modules are collected: an
+#: import error elsewhere in the suite is not a CUDA result.
+CUDA_TESTS = ("tests/test_libraries.py", "tests/test_linear.py")
 CUDA_LIBRARIES = ("torch-cuda", "cupy")
 #: Seconds each subprocess may take. The OpenCL tests (some 3600) come last
 #: and may run out of time on a slow driver: what ran is reported.
@@ -401,8 +401,8 @@ def suite(tmp):
     """The suite's tests on CUDA arrays, in a subprocess."""
     selection = " or ".join(CUDA_LIBRARIES)
     junit = os.path.join(tmp, "suite.xml")
-    argv = pytest_argv([CUDA_TESTS], selection, junit)
-    say(f"  pytest {CUDA_TESTS} -k {selection!r}")
+    argv = pytest_argv(list(CUDA_TESTS), selection, junit)
+    say(f"  pytest {' '.join(CUDA_TESTS)} -k {selection!r}")
     run = run_child(argv, env=child_env(), timeout=TIMEOUTS["suite"])
     result = summarize_tests(run, junit, CUDA_LIBRARIES)
     result["selection"] = selection
