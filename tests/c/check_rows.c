@@ -18,10 +18,11 @@
  *
  * The row options (logit_scale, softcap, the z-loss) are checked through the
  * same reference: the softmax family is taken of z = T(x), computed in long
- * double from the dtype's x, and the gradient is scaled by dz/dx.
+ * double from the dtype's x (a softcap makes infinite logits finite), and
+ * the gradient is scaled by dz/dx. A loss past the dtype's range is inf.
  *
  * Tolerances are tests/reference.py's: a few ulp of each result's natural
- * magnitude (|lse| + max|x| for lse, log_softmax and the loss; p (2 + gap)
+ * magnitude (|lse| + max|z| for lse, log_softmax and the loss; p (2 + gap)
  * for softmax), and the README's 2 eps max(|lse|, |x[y]|) for float32
  * losses of class targets without smoothing. Such a loss also keeps its
  * relative precision when it is tiny (a confident row): its error is the
@@ -1021,7 +1022,7 @@ static void check_rows_all(const dtype *t, const char *isa)
  */
 static void check_options(const dtype *t, const char *isa)
 {
-    /* exact in float32: the float32 kernels round the options to it */
+    /* logit_scale and softcap exact in float32: its kernels round them */
     static const options sets[] = {
         {2.5, 0.0, 0.0},
         {0.0, 15.0, 0.0}, /* logit_scale 0 is 1 */
