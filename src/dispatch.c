@@ -269,7 +269,8 @@ static int run_rows(const xentc_rows *rows, int n_threads, int64_t *bad_row, xen
         (r->target && r->soft) || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
         (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft) ||
         !(r->logit_scale > 0.0 && isfinite(r->logit_scale)) ||
-        !(r->softcap >= 0.0 && isfinite(r->softcap)) || !isfinite(r->lse_square_scale))
+        !(r->softcap >= 0.0 && isfinite(r->softcap)) ||
+        !(r->lse_square_scale >= 0.0 && isfinite(r->lse_square_scale)))
         return XENTC_ERR_ARG;
     rows_job job = {r, fn, NULL, 0, -1};
     if ((r->logit_scale != 1.0 || r->softcap > 0.0) && r->n_classes <= XENTC_SCRATCH_C) {

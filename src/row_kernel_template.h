@@ -168,7 +168,7 @@ static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztra
     }
 #ifdef TANH_P /* the rational tanh of row_kernels.c */
     const VT u = x * t->k;
-    const VIT sign = (VIT)u & (VIT)XENTC_FN(splat)(-0.0);
+    const VIT sign = (VIT)u & (VIT)(-XENTC_FN(splat)(0)); /* splat(-0.0) would be +0 */
     const VT au = (VT)((VIT)u ^ sign), sat = XENTC_FN(splat)(TANH_SAT);
     const VT a = XENTC_FN(sel)(au > sat, sat, au), y = a * a; /* NaN kept */
     VT p = XENTC_FN(splat)(TANH_P[TANH_NP - 1]), q = XENTC_FN(splat)(TANH_Q[TANH_NQ - 1]);

@@ -61,7 +61,7 @@ typedef struct {
     double label_smoothing;
     double logit_scale;      /* > 0; 0 also means 1, so a zeroed struct is the plain loss */
     double softcap;          /* > 0, or 0 for none */
-    double lse_square_scale; /* the z-loss's factor */
+    double lse_square_scale; /* the z-loss's factor, >= 0 */
     void *loss; /* n_rows values or NULL */
     void *lse;  /* n_rows values or NULL */
     int out_kind;
