@@ -145,6 +145,10 @@ void XENTC_FN(xentc_exp)(const void *in, void *out, int64_t n)
 typedef struct {
     int on, cap_on;
     TYPE s, k, cap;
+    TYPE dzf; /* zv's dz is dz/dx / dzf: a factor the callers apply per row */
+#ifdef TANH_P
+    TYPE cap_p[TANH_NP]; /* cap * TANH_P: z comes out of the rational directly */
+#endif
 } XENTC_FN(ztrans);
 
 static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
@@ -155,6 +159,13 @@ static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
     t.s = (TYPE)r->logit_scale;
     t.cap = (TYPE)(t.cap_on ? r->softcap : 1.0);
     t.k = (TYPE)(r->logit_scale / (t.cap_on ? r->softcap : 1.0));
+    t.dzf = t.s;
+#ifdef TANH_P
+    for (int i = 0; i < TANH_NP; i++)
+        t.cap_p[i] = t.cap * TANH_P[i];
+    if (t.cap_on)
+        t.dzf = (TYPE)(r->logit_scale / ((double)t.cap * (double)t.cap));
+#endif
     return t;
 }
 
@@ -163,30 +174,24 @@ static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztra
 {
     if (!t->cap_on) {
         if (dz)
-            *dz = XENTC_FN(splat)(t->s);
+            *dz = XENTC_FN(splat)(1);
         return x * t->s;
     }
 #ifdef TANH_P /* the rational tanh of row_kernels.c */
     const VT u = x * t->k;
     const VIT sign = (VIT)u & (VIT)(-XENTC_FN(splat)(0)); /* splat(-0.0) would be +0 */
-    const VT au = (VT)((VIT)u ^ sign), sat = XENTC_FN(splat)(TANH_SAT);
-    const VT a = XENTC_FN(sel)(au > sat, sat, au), y = a * a; /* NaN kept */
-    VT p = XENTC_FN(splat)(TANH_P[TANH_NP - 1]), q = XENTC_FN(splat)(TANH_Q[TANH_NQ - 1]);
+    const VT a = (VT)((VIT)u ^ sign), y = a * a;
+    /* From a = 9 on, tanh rounds to 1: the select below replaces whatever
+       the rational gives there (NaN once y overflows), and keeps NaN. */
+    VT p = XENTC_FN(splat)(t->cap_p[TANH_NP - 1]), q = XENTC_FN(splat)(TANH_Q[TANH_NQ - 1]);
     for (int i = TANH_NP - 2; i >= 0; i--)
-        p = p * y + TANH_P[i];
+        p = p * y + t->cap_p[i];
     for (int i = TANH_NQ - 2; i >= 0; i--)
         q = q * y + TANH_Q[i];
-#ifdef XENTC_RCP_EST
-    VT rq = XENTC_RCP_EST(q);
-    rq = rq * (2 - q * rq);
-#else
-    const VT rq = 1 / q;
-#endif
-    const VT th = XENTC_FN(sel)(au >= sat, XENTC_FN(splat)(1), a * p * rq);
-    if (dz) /* 1 - th^2 is exactly 0 where th is 1, as torch's */
-        *dz = t->s * (1 - th * th);
-    VT z = t->cap * th;
+    VT z = XENTC_FN(sel)(a >= TANH_SAT, XENTC_FN(splat)(t->cap), a * p / q);
     XENTC_OPAQUE(z);
+    if (dz) /* s (1 - tanh^2) / dzf, exactly 0 where z is cap, as torch's */
+        *dz = (t->cap - z) * (t->cap + z);
     return (VT)((VIT)z | sign);
 #else
     const VT lo = XENTC_FN(splat)(EXP_LO), shift = XENTC_FN(splat)(EXP_SHIFT + EXP_BIAS);
@@ -204,8 +209,8 @@ static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztra
     const VT em1 = pk * rq + (pk - 1);
     const VT e = (VT)(~under & (VIT)(pk * rq + pk));
     const VT rden = 1 / (2 + em1), th = -em1 * rden;
-    if (dz)
-        *dz = (4 * t->s) * e * (rden * rden);
+    if (dz) /* s (1 - tanh^2) / dzf */
+        *dz = 4 * e * (rden * rden);
     VT z = t->cap * th;
     XENTC_OPAQUE(z);
     return XENTC_FN(sel)(neg, -z, z);
@@ -221,7 +226,7 @@ static inline __attribute__((always_inline)) VT XENTC_FN(zd)(const XENTC_FN(ztra
     if (t->cap_on)
         return XENTC_FN(zv)(t, x, dz) - vm;
     if (dz)
-        *dz = XENTC_FN(splat)(t->s);
+        *dz = XENTC_FN(splat)(1);
     return (x - vm) * t->s;
 }
 
@@ -235,7 +240,7 @@ static inline TYPE XENTC_FN(z1)(const XENTC_FN(ztrans) *t, TYPE v, TYPE *dz)
     VT d;
     const VT z = XENTC_FN(zv)(t, XENTC_FN(splat)(v), &d);
     if (dz)
-        *dz = d[0];
+        *dz = d[0] * t->dzf;
     return z[0];
 }
 
@@ -293,7 +298,8 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
  * (not x) in the linear sum keeps it exact for logits of any magnitude.
  * With zt, x - m is z - m (see zd: m is then the max of x for a scale
  * alone, of z with a softcap), taken in registers as the logits stream in,
- * and the kept exps are stored times dz/dx.
+ * and the kept exps are stored times dz/dx / dzf (ztrans; for a softcap: a
+ * scale's dz/dx is all dzf).
  */
 static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                                  const TYPE *x, const TYPE *w, const TYPE *q,
@@ -323,7 +329,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
             if (store) { /* kept exps are values a caller sees: exp(-inf) = 0 */
                 XENTC_FN(vexp_n)(d, 4, 1);
                 for (int u = 0; u < 4; u++) {
-                    const VT o = zt ? d[u] * dz[u] : d[u];
+                    const VT o = zt && zt->cap_on ? d[u] * dz[u] : d[u];
                     memcpy(store + j + u * NL, &o, sizeof o);
                 }
             } else {
@@ -352,7 +358,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
         const VIT top = live & (d == 0);
         const VT ev = XENTC_FN(vexp)(d);
         if (store)
-            XENTC_FN(store_part)(store + j, zt ? ev * dz : ev, len);
+            XENTC_FN(store_part)(store + j, zt && zt->cap_on ? ev * dz : ev, len);
         s += XENTC_FN(sel)(live & ~top, ev, XENTC_FN(splat)(0));
         ones += top;
         if (lin) {
@@ -399,7 +405,7 @@ static void XENTC_FN(z_block)(const XENTC_FN(ztrans) *t, const TYPE *x, int64_t 
                                                 : XENTC_FN(load_part)(x + j, len), dz ? &d : NULL);
         XENTC_FN(store_part)(z + j, z_, len);
         if (dz)
-            XENTC_FN(store_part)(dz + j, d, len);
+            XENTC_FN(store_part)(dz + j, d * t->dzf, len);
     }
 }
 
@@ -538,7 +544,7 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
             VT cf = XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb);
             o = alpha * XENTC_FN(vexp)(d) - beta * cf;
             if (c->zt.on)
-                o *= dz;
+                o *= dz * c->zt.dzf;
         }
         XENTC_FN(store_part)(c->out + j, o, len);
     }
@@ -678,11 +684,13 @@ static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN
         XENTC_FN(row_sums)(c, 0, skipped, mx, m, &acc, c->out);
     const double ls = log1p((acc.ones - 1.0) + acc.rest);
     XENTC_FN(finish)(r, i, c, m, ls, &acc);
+    const double dzf = c->zt.on ? (double)c->zt.dzf : 1.0; /* see block_sums */
     if (skipped > 0)
-        XENTC_FN(scale_kept)(c, 0, skipped, c->alpha * exp(-ls));
+        XENTC_FN(scale_kept)(c, 0, skipped, dzf * c->alpha * exp(-ls));
     seg_start[n_seg] = C;
     for (int k = 0; k < n_seg; k++)
-        XENTC_FN(scale_kept)(c, seg_start[k], seg_start[k + 1], c->alpha * exp(seg_m[k] - m - ls));
+        XENTC_FN(scale_kept)(c, seg_start[k], seg_start[k + 1],
+                             dzf * c->alpha * exp(seg_m[k] - m - ls));
     XENTC_FN(grad_target)(r, c);
     return 1;
 }

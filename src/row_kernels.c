@@ -173,18 +173,6 @@ static const float xentc_tanh_p_f32[6] = {
     1.0f, 0x1.08a720p-3f, 0x1.7f45a6p-9f, 0x1.37e70ap-17f, -0x1.b9aa7cp-27f, 0x1.44066ap-36f};
 static const float xentc_tanh_q_f32[4] = {1.0f, 0x1.d9a8d0p-2f, 0x1.85917ep-6f, 0x1.df4c70p-13f};
 
-/* 1 / q for float32 vectors: the ISA's reciprocal estimate and a Newton
-   step (relative error 2^-28 from AVX-512's 2^-14 estimate, 2^-23 from
-   SSE's and AVX's 2^-12): a division is several times slower, and the
-   softcap's tanh takes one per logit. */
-#if XENTC_VBYTES == 64 && defined(__AVX512F__)
-#define XENTC_RCP_EST(q) ((__typeof__(q))_mm512_rcp14_ps((__m512)(q)))
-#elif XENTC_VBYTES == 32 && defined(__AVX__)
-#define XENTC_RCP_EST(q) ((__typeof__(q))_mm256_rcp_ps((__m256)(q)))
-#elif XENTC_VBYTES == 16 && defined(__SSE2__)
-#define XENTC_RCP_EST(q) ((__typeof__(q))_mm_rcp_ps((__m128)(q)))
-#endif
-
 #define TYPE float
 #define ITYPE int32_t
 #define XENTC_SFX f32
@@ -213,7 +201,6 @@ static const float xentc_tanh_q_f32[4] = {1.0f, 0x1.d9a8d0p-2f, 0x1.85917ep-6f, 
 #undef TYPE
 #undef ITYPE
 #undef XENTC_SFX
-#undef XENTC_RCP_EST
 #undef TANH_P
 #undef TANH_NP
 #undef TANH_Q
