@@ -156,6 +156,8 @@ static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
     XENTC_FN(ztrans) t;
     t.cap_on = r->softcap > 0.0;
     t.on = t.cap_on || r->logit_scale != 1.0;
+    if (!t.on) /* begin() runs per row: the plain rows' set-up is this test */
+        return t;
     t.s = (TYPE)r->logit_scale;
     t.cap = (TYPE)(t.cap_on ? r->softcap : 1.0);
     t.k = (TYPE)(r->logit_scale / (t.cap_on ? r->softcap : 1.0));
@@ -433,20 +435,29 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
     c.q = r->soft ? (const TYPE *)r->soft + i * r->soft_stride : NULL;
     c.out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
     c.y = r->target ? r->target[i] : -1;
-    c.zt = XENTC_FN(ztrans_of)(r);
-    c.xy = 0.0;
+    c.xy = c.y >= 0 && c.y < r->n_classes ? (double)c.x[c.y] : 0.0;
+    c.zt.on = 0; /* see begin_z */
     c.dzy = 1;
-    if (c.y >= 0 && c.y < r->n_classes) {
-        c.xy = (double)c.x[c.y];
-        if (c.zt.on) /* as zmax */
-            c.xy = c.zt.cap_on ? (double)XENTC_FN(z1)(&c.zt, c.x[c.y], &c.dzy)
-                               : (c.dzy = c.zt.s, c.xy * (double)c.zt.s);
-    }
     c.qa = (TYPE)(1.0 - e);
     c.qb = (TYPE)(e / (double)r->n_classes);
     c.lin = r->soft != NULL || (r->target && e > 0.0);
     c.alpha = c.beta = c.gamma = 0.0;
     return c;
+}
+
+/* A long row's transform (the short rows' batched paths see untransformed
+   scratch rows): z[y] and dz/dx at y, z[y] as zmax gives z of the max. */
+static inline void XENTC_FN(begin_z)(const xentc_rows *r, XENTC_FN(row_ctx) *c)
+{
+    c->zt = XENTC_FN(ztrans_of)(r);
+    if (!c->zt.on || c->y < 0 || c->y >= r->n_classes)
+        return;
+    if (c->zt.cap_on) {
+        c->xy = (double)XENTC_FN(z1)(&c->zt, c->x[c->y], &c->dzy);
+    } else {
+        c->xy *= (double)c->zt.s;
+        c->dzy = c->zt.s;
+    }
 }
 
 static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
@@ -468,7 +479,8 @@ static inline int XENTC_FN(ignored)(const xentc_rows *r, int64_t i, XENTC_FN(row
  * and set the gradient's scalars. sum_c coef_c * (lse - x_c) = A * ls - S
  * adds terms of one sign: no cancellation.
  */
-static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
+static inline __attribute__((always_inline)) void XENTC_FN(finish)(
+    const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c,
                                     double m, double ls, const xentc_sums *acc)
 {
     const double e = r->label_smoothing, C = (double)r->n_classes;
@@ -521,7 +533,8 @@ static inline void XENTC_FN(finish)(const xentc_rows *r, int64_t i, XENTC_FN(row
 static inline void XENTC_FN(grad_target)(const xentc_rows *r, const XENTC_FN(row_ctx) *c)
 {
     if (r->out_kind == XENTC_OUT_GRAD && r->target)
-        c->out[c->y] = (TYPE)((double)c->out[c->y] - c->gamma * (double)c->dzy);
+        c->out[c->y] = (TYPE)((double)c->out[c->y] -
+                              (c->zt.on ? c->gamma * (double)c->dzy : c->gamma));
 }
 
 /* Long rows: vector second pass over row x (from cache): out = f(x - m - ls). */
@@ -595,7 +608,7 @@ static void XENTC_FN(grad_row_inf)(const xentc_rows *r, int64_t i, const XENTC_F
  * the sweep that scales them to alpha * p then gives the gradient with
  * respect to x, where the coefficient terms (beta) are 0.
  */
-static inline void XENTC_FN(row_sums)(const XENTC_FN(row_ctx) *c, int64_t b, int64_t n, TYPE mx,
+static inline __attribute__((always_inline)) void XENTC_FN(row_sums)(const XENTC_FN(row_ctx) *c, int64_t b, int64_t n, TYPE mx,
                                       double m, xentc_sums *acc, TYPE *store)
 {
     const TYPE *w = c->w ? c->w + b : NULL, *q = c->q ? c->q + b : NULL;
@@ -609,7 +622,7 @@ static inline void XENTC_FN(row_sums)(const XENTC_FN(row_ctx) *c, int64_t b, int
 
 /* z of a row's max of x, in double: exact for a scale alone, so that lse
    and the loss's z[y] are the products' exact values. */
-static inline double XENTC_FN(zmax)(const XENTC_FN(row_ctx) *c, TYPE mx)
+static inline __attribute__((always_inline)) double XENTC_FN(zmax)(const XENTC_FN(row_ctx) *c, TYPE mx)
 {
     if (!c->zt.on)
         return mx;
@@ -630,7 +643,7 @@ static inline double XENTC_FN(zmax)(const XENTC_FN(row_ctx) *c, TYPE mx)
  * exp(x - max - log(sum)). Returns 0, having written nothing, for a row with
  * no finite max (all -inf or NaN), which the general path takes.
  */
-static int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
+static inline __attribute__((always_inline)) int XENTC_FN(grad_row_kept_exps)(const xentc_rows *r, int64_t i, XENTC_FN(row_ctx) *c)
 {
     const int64_t C = r->n_classes;
     if (c->zt.on && c->lin) /* kept exps times dz/dx leave no room for beta */
@@ -701,6 +714,7 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
     if (XENTC_FN(ignored)(r, i, &c))
         return;
+    XENTC_FN(begin_z)(r, &c);
     if (r->out_kind == XENTC_OUT_GRAD && XENTC_FN(grad_row_kept_exps)(r, i, &c))
         return;
     TYPE mx = -INFINITY;
