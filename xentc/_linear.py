@@ -129,7 +129,8 @@ class _LinearLoss:
         cols = [(c0, min(c0 + step, c)) for c0 in range(0, c, step)]
 
         def z_of(c0, c1):
-            return _partial.transform(xp, spec, xp.astype(self._logits(xb, c0, c1), acc))
+            logits = xp.astype(self._logits(xb, c0, c1), acc, copy=False)
+            return _partial.transform(xp, spec, logits)
 
         state = None
         for c0, c1 in cols:
@@ -140,7 +141,7 @@ class _LinearLoss:
             for c0, c1 in cols:
                 z, dz = z_of(c0, c1)
                 g = _partial.block_grad(xp, spec, z, dz, c0, c, lse_b, alpha, gamma)
-                grads.add(sl, c0, c1, xp.astype(g, x.dtype), xb)
+                grads.add(sl, c0, c1, xp.astype(g, x.dtype, copy=False), xb)
         return loss_b, lse_b
 
 
@@ -168,17 +169,16 @@ class _Grads:
         xp, acc = self.xp, self.acc
         if self.dx is not None:
             w = self.w if (c0, c1) == (0, self.w.shape[0]) else self.w[c0:c1, :]
-            self.dx = _add(xp, self.dx, (sl, slice(None)),
-                           xp.astype(xp.matmul(g, w), acc), self.mutable)
+            self.dx = _add_product(xp, self.dx, (sl, slice(None)), g, w, self.mutable)
         if self.dw is not None:
             gt = xp.permute_dims(g, (1, 0))
             for k0 in range(c0, c1, self.chunk):
                 k1 = min(k0 + self.chunk, c1)
-                upd = xp.astype(xp.matmul(gt[k0 - c0:k1 - c0, :], xb), acc)
-                self.dw = _add(xp, self.dw, (slice(k0, k1), slice(None)), upd, self.mutable)
+                self.dw = _add_product(xp, self.dw, (slice(k0, k1), slice(None)),
+                                       gt[k0 - c0:k1 - c0, :], xb, self.mutable)
         if self.db is not None:
             self.db = _add(xp, self.db, (slice(c0, c1),),
-                           xp.sum(xp.astype(g, acc), axis=0), self.mutable)
+                           xp.sum(xp.astype(g, acc, copy=False), axis=0), self.mutable)
 
     def final(self, input_shape):
         """(d input in the input's shape, d linear_weight, d linear_bias), in the input's dtype."""
@@ -192,6 +192,16 @@ class _Grads:
                 cast(self.dw), cast(self.db))
 
 
+def _add_product(xp, a, index, p, q, mutable):
+    """a[index] += p @ q: for torch, one matrix product that adds into `a` as it
+    goes (addmm_: the weight's gradient is then written once per block, not
+    as a temporary and a sum); elsewhere the product and a sum."""
+    if mutable and type(a).__module__ == "torch" and p.dtype == a.dtype:
+        a[index].addmm_(p, q)
+        return a
+    return _add(xp, a, index, xp.astype(xp.matmul(p, q), a.dtype, copy=False), mutable)
+
+
 def _add(xp, a, index, v, mutable):
     """a[index] += v, in place where the namespace allows it."""
     if mutable:
@@ -203,6 +213,13 @@ def _add(xp, a, index, v, mutable):
 
 def _join(xp, parts):
     return parts[0] if len(parts) == 1 else xp.concat(parts)
+
+
+def _keywords(args):
+    """A public function's keyword arguments (its `locals()` on entry), for
+    `_LinearLoss`: all but the positional arrays and grad_output."""
+    return {k: v for k, v in args.items()
+            if k not in ("input", "linear_weight", "target", "grad_output")}
 
 
 def _call(input, linear_weight, target, kw, want_grad):
@@ -252,12 +269,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     float16 / bfloat16 products are in the input's dtype (float32
     accumulation inside the product); the loss is summed in float32.
     """
-    kw = dict(linear_bias=linear_bias, weight=weight, reduction=reduction,
-              ignore_index=ignore_index, label_smoothing=label_smoothing,
-              logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
-              sample_weight=sample_weight, normalizer=normalizer, empty=empty,
-              return_z_loss=return_z_loss, return_lse=return_lse, block_bytes=block_bytes,
-              n_threads=n_threads, backend=backend)
+    kw = _keywords(locals())
     if any(_tracks_grad(a) for a in (input, linear_weight, linear_bias)):
         from . import _autograd
         results = _autograd.linear_cross_entropy(
@@ -295,11 +307,6 @@ def linear_cross_entropy_with_grad(input, linear_weight, target, *, linear_bias=
         asked for), then the gradients of ``grad_output . loss`` with respect
         to `input`, `linear_weight` and `linear_bias` (None without a bias).
     """
-    kw = dict(linear_bias=linear_bias, weight=weight, reduction=reduction,
-              ignore_index=ignore_index, label_smoothing=label_smoothing,
-              logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
-              sample_weight=sample_weight, normalizer=normalizer, empty=empty,
-              return_z_loss=return_z_loss, return_lse=return_lse, block_bytes=block_bytes,
-              n_threads=n_threads, backend=backend)
+    kw = _keywords(locals())
     results, grads = _call(input, linear_weight, target, kw, want_grad=True).run(grad_output)
     return (*results, *grads)
