@@ -17,8 +17,10 @@ from . import _dispatch, _partial
 from ._api import _Loss, _acc_dtype, _check_floating, _tracks_grad
 
 #: Default budget of one block of logits (and of any temporary of the
-#: gradient's products): large enough for efficient matrix products.
-BLOCK_BYTES = 64 << 20
+#: gradient's products): a quarter of the logits and their gradient at
+#: 1024 x 128256 float32, and blocks of 500+ rows there, which the weight's
+#: gradient (one product per block) needs to run near the products' speed.
+BLOCK_BYTES = 256 << 20
 #: Fewest classes per block when rows are split along the classes.
 SPLIT_COLUMNS = 4096
 
@@ -254,7 +256,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         linear_bias`` whose classes are the last axis.
     block_bytes : int, optional
         The budget of one block of logits, and of any temporary beyond the
-        inputs and outputs (default 64 MiB).
+        inputs and outputs (default 256 MiB).
 
     Returns
     -------
