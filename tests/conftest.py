@@ -127,7 +127,7 @@ class Library(enum.Enum):
     # read it through the host, so only the generic engine serves it.
     ARRAY_API_STRICT_DEVICE1 = "array_api_strict-device1", True, "generic"
     TORCH = "torch", True, "cpu"
-    JAX = "jax", False, "cpu"
+    JAX = "jax", True, "cpu"
     CUPY = "cupy", False, "generic"
     TORCH_CUDA = "torch-cuda", False, "generic"
 

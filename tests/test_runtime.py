@@ -194,6 +194,9 @@ def _child_work(x, t, want):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+# JAX, loaded by the session's cross-library tests, warns about any fork; the
+# child here touches only xentc and NumPy.
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_fork_after_threaded_call(rng):
     x = make_logits(rng, (2048, 1000), np.float32)
     t = make_targets(rng, (2048,), 1000)

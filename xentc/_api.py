@@ -499,7 +499,10 @@ def _weighted_count(xp, sample_weight, keep, weight, target):
         if weight is not None:
             v = v * xp.take(weight, xp.where(keep, target, xp.zeros_like(target)))
         total = xp.sum(xp.where(keep, v, xp.zeros_like(v)))
-    return float(_dispatch.to_numpy(total))  # device scalars (OpenCL's) too
+    try:
+        return float(total)
+    except TypeError:  # pyopencl's 0-d arrays have no __float__
+        return float(_dispatch.to_numpy(total))
 
 
 def _scalar(value, what):

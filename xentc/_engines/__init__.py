@@ -59,4 +59,10 @@ None without ``target``; both in ``xp``.
 """
 from ._job import OUT_KINDS, RowJob
 
-__all__ = ["OUT_KINDS", "RowJob"]
+__all__ = ["OUT_KINDS", "RowJob", "is_numpy"]
+
+
+def is_numpy(xp):
+    """Whether `xp` is NumPy's namespace, whose arrays an engine hands back as
+    they are (``jax.numpy`` is not: its results go through DLPack)."""
+    return xp.__name__ in ("numpy", "array_api_compat.numpy")

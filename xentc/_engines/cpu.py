@@ -9,6 +9,7 @@ import numpy as np
 from array_api_compat import device as _device
 
 from .. import _core
+from . import is_numpy
 
 name = "cpu"
 
@@ -28,7 +29,7 @@ def _host(a):
 
 def _back(xp, a):
     """`a` (NumPy) as an array of the caller's namespace, sharing memory where it can."""
-    return a if a is None or xp.__name__.endswith("numpy") else xp.from_dlpack(a)
+    return a if a is None or is_numpy(xp) else xp.from_dlpack(a)
 
 
 def _row_contiguous(a):
@@ -47,6 +48,13 @@ def _vector(a):
     if a is None or (type(a) is np.ndarray and a.flags.c_contiguous):  # the common case, fast
         return a
     return np.ascontiguousarray(_host(a))
+
+
+def _targets_vector(t):
+    """Class targets as contiguous int64 NumPy: what the C core reads (JAX's
+    default index dtype is int32)."""
+    t = _vector(t)
+    return t if t is None or t.dtype == np.int64 else t.astype(np.int64)
 
 
 def rows(xp, job):
@@ -77,7 +85,7 @@ def _host_rows(job, x, soft, out):
     # One job for the C struct: every array in its layout, the vectors as NumPy
     # (no copy for those that `targets` converted already).
     loss, lse = _core.rows(job.replace(
-        x=x, target=_vector(job.target), soft=_rows_layout(soft), weight=_vector(job.weight),
+        x=x, target=_targets_vector(job.target), soft=_rows_layout(soft), weight=_vector(job.weight),
         grad_row_scale=_vector(job.grad_row_scale), out=dest))
     if dest is not out:
         out[...] = dest
@@ -114,7 +122,7 @@ def _half_rows(xp, job):
 
 def targets(xp, job):
     """Check class targets and sum their weights in one C pass; see ``xentc._engines``."""
-    job = job.replace(target=_vector(job.target), weight=_vector(job.weight))
+    job = job.replace(target=_targets_vector(job.target), weight=_vector(job.weight))
     # The C sum runs in double: float32 weights get an O(C) float64 copy for it
     # (the job keeps them as they are for the rows); float64 ones are used as is.
     w = None if job.weight is None else np.asarray(job.weight, dtype=np.float64)

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _opencl_array as ca
 from . import _opencl_runtime as rt
+from . import is_numpy
 from ._job import OUT_KINDS
 from ._opencl_array import namespace  # noqa: F401  (part of the engine's interface)
 
@@ -296,7 +297,7 @@ def _device_to_host(xp, a):
     if a is None:
         return None
     a = a.get()
-    return a if xp.__name__.endswith("numpy") else xp.from_dlpack(a)
+    return a if is_numpy(xp) else xp.from_dlpack(a)
 
 
 def _widened(xp, dtype):
