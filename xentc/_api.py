@@ -271,6 +271,10 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
                    logit_scale=logit_scale, softcap=softcap,
                    lse_square_scale=lse_square_scale, return_z_loss=return_z_loss,
                    return_lse=return_lse)
+    if type(input).__module__.startswith("dask."):  # lazy chunks: each through this call
+        from . import _dask
+        return _dask.cross_entropy(input, target, weight, sample_weight=sample_weight,
+                                   **options)
     if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
         from . import _autograd
         results = _autograd.cross_entropy(

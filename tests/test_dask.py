@@ -1,0 +1,119 @@
+"""Dask arrays: cross_entropy lazily chunk by chunk, log_loss to a float, exact reductions.
+
+Compared with the same call on the whole NumPy arrays (and scikit-learn for
+log_loss), in float64, over chunkings whose row chunks differ between the
+arrays, every reduction, weights, ignore_index, smoothing, probabilities,
+sample weights and the row options; on Dask's threaded scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss as sk_log_loss
+
+import xentc
+
+N, C = 503, 11
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    with dask.config.set(scheduler="threads"):
+        yield
+
+
+def chunked(a, rows):
+    return da.from_array(a, chunks=(rows,) + a.shape[1:])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["plain", "weighted", "soft", "options"])
+def test_cross_entropy_matches_numpy(case, reduction, rng):
+    x = rng.standard_normal((N, C)) * 3
+    t = rng.integers(0, C, N)
+    t[::7] = -100
+    kw = {}
+    if case == "weighted":
+        kw = dict(weight=rng.uniform(0.5, 2.0, C), label_smoothing=0.1)
+    elif case == "soft":
+        t = rng.dirichlet(np.ones(C), N)
+    elif case == "options":
+        kw = dict(softcap=4.0, lse_square_scale=1e-2, logit_scale=1.5)
+    sw = rng.uniform(0.0, 2.0, N) if case in ("weighted", "options") else None
+    want = xentc.cross_entropy(x, t, reduction=reduction, sample_weight=sw, **kw)
+    got = xentc.cross_entropy(chunked(x, 97), chunked(t, 150), reduction=reduction,
+                              sample_weight=None if sw is None else chunked(sw, 61), **kw)
+    assert isinstance(got, da.Array)  # lazy until asked
+    np.testing.assert_allclose(got.compute(), want, rtol=1e-13, atol=1e-15)
+
+
+def test_mean_is_not_a_mean_of_means(rng):
+    # Chunks of very different kept counts: a mean of per-chunk means would
+    # weigh the sparse chunk as much as the full one.
+    x = rng.standard_normal((200, 5))
+    t = rng.integers(0, 5, 200)
+    t[:95] = -100
+    got = xentc.cross_entropy(chunked(x, 100), chunked(t, 100)).compute()
+    assert math.isclose(got, float(xentc.cross_entropy(x, t)), rel_tol=1e-13)
+
+
+def test_normalizer_and_empty(rng):
+    x = rng.standard_normal((60, 4))
+    t = np.full(60, -100)
+    assert math.isnan(xentc.cross_entropy(chunked(x, 25), chunked(t, 25)).compute())
+    assert xentc.cross_entropy(chunked(x, 25), chunked(t, 25), empty="zero").compute() == 0
+    t[:10] = 1
+    got = xentc.cross_entropy(chunked(x, 25), chunked(t, 25), normalizer=40.0).compute()
+    assert math.isclose(got, float(xentc.cross_entropy(x, t, normalizer=40.0)), rel_tol=1e-13)
+
+
+def test_float32_keeps_its_dtype(rng):
+    x = (rng.standard_normal((64, 9)) * 2).astype(np.float32)
+    t = rng.integers(0, 9, 64)
+    got = xentc.cross_entropy(chunked(x, 20), chunked(t, 20), reduction="none")
+    assert got.dtype == np.float32 and got.compute().dtype == np.float32
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_log_loss_matches_scikit_learn(normalize, weighted, rng):
+    p = rng.dirichlet(np.ones(C), N)
+    y = rng.integers(0, C, N)
+    sw = rng.uniform(0.1, 2.0, N) if weighted else None
+    got = xentc.log_loss(chunked(y, 200), chunked(p, 77), normalize=normalize,
+                         sample_weight=None if sw is None else chunked(sw, 130))
+    assert isinstance(got, float)
+    assert math.isclose(got, sk_log_loss(y, p, normalize=normalize, sample_weight=sw),
+                        rel_tol=1e-12)
+
+
+def test_log_loss_labels_missing_from_a_chunk(rng):
+    # Every chunk sees all the labels, even those only other chunks hold.
+    y = np.array([0] * 50 + [1] * 50 + [2] * 50)
+    p = rng.dirichlet(np.ones(3), 150)
+    got = xentc.log_loss(chunked(y, 50), chunked(p, 50))
+    assert math.isclose(got, sk_log_loss(y, p), rel_tol=1e-12)
+
+
+def test_log_loss_binary_and_from_logits(rng):
+    y = rng.integers(0, 2, 90)
+    p = rng.uniform(0.01, 0.99, 90)
+    assert math.isclose(xentc.log_loss(chunked(y, 40), chunked(p, 25)), sk_log_loss(y, p),
+                        rel_tol=1e-12)
+    z = rng.standard_normal((90, 3))
+    y3 = rng.integers(0, 3, 90)
+    want = xentc.log_loss(y3, z, from_logits=True)
+    assert math.isclose(xentc.log_loss(chunked(y3, 31), chunked(z, 29), from_logits=True),
+                        want, rel_tol=1e-12)
+
+
+def test_class_chunks_are_refused_with_the_fix(rng):
+    x = da.from_array(rng.standard_normal((10, 8)), chunks=(5, 4))
+    t = da.from_array(rng.integers(0, 8, 10), chunks=5)
+    with pytest.raises(NotImplementedError, match=r"rechunk\(\{1: -1\}\)"):
+        xentc.cross_entropy(x, t)
