@@ -8,9 +8,9 @@ sums of weights, never a mean of means). Results of `cross_entropy` stay lazy
 Dask arrays; `log_loss` computes its graph and returns a float, as
 scikit-learn does.
 
-Chunks that split the class axis are refused for now (rechunk the class
-axis into one chunk); their partial row states (``_partial``) are the next
-step.
+Chunks that split the class axis give partial row states (``_partial``):
+each (rows, classes) chunk its rows' max, sum of exps, target logit and
+linear sums, combined exactly per row once all of a row's chunks are done.
 """
 import numpy as np
 
@@ -20,10 +20,14 @@ def is_dask(a):
     return type(a).__module__.split(".")[0] == "dask"
 
 
-def _one_class_chunk(x, what):
+def _two_d(x, what):
     if x.ndim != 2:
         raise ValueError(f"`{what}` must be 2-D (rows, classes) for Dask arrays, "
                          f"got {x.ndim} dimensions")
+
+
+def _one_class_chunk(x, what):
+    _two_d(x, what)
     if len(x.chunks[1]) != 1:
         raise NotImplementedError(
             f"`{what}` is split along its classes ({len(x.chunks[1])} chunks); xentc takes "
@@ -63,9 +67,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
                                   "Dask arrays yet")
     if axis not in (None, 1, -1):
         raise ValueError(f"`axis` must be the classes' (1) for Dask arrays, got {axis}")
-    _one_class_chunk(input, "input")
-    if reduction not in ("none", "sum", "mean"):
-        raise ValueError(f"`reduction` must be one of ('none', 'sum', 'mean'), got {reduction!r}")
+    _two_d(input, "input")
     soft = np.issubdtype(target.dtype, np.floating)
     t = _rows_like(target, input, "target")
     if soft:
@@ -73,6 +75,10 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     sw = _rows_like(sample_weight, input, "sample_weight")
     w = None if weight is None else np.asarray(weight)
     kw = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, **options)
+    # Every argument checked once, on no rows, by the call each chunk makes.
+    _api.cross_entropy(input[:0].compute(), t[:0].compute(), w, reduction=reduction,
+                       normalizer=normalizer, empty=empty,
+                       sample_weight=None if sw is None else sw[:0].compute(), **kw)
 
     def rows(xb, tb, swb=None):
         # Each chunk: the ordinary call, per row (its checks run per chunk).
@@ -91,9 +97,12 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
         return share if swb is None else share * swb[:, 0]
 
     t, sw = _col(t), _col(sw)
-    args = (input, t) if sw is None else (input, t, sw)
     acc = np.float32 if input.dtype == np.float16 else input.dtype
-    loss = da.map_blocks(rows, *args, drop_axis=1, dtype=acc, meta=np.empty(0, acc))
+    if len(input.chunks[1]) == 1:
+        args = (input, t) if sw is None else (input, t, sw)
+        loss = da.map_blocks(rows, *args, drop_axis=1, dtype=acc, meta=np.empty(0, acc))
+    else:
+        loss = _split_rows(input, t, w, sw, soft, acc, dict(kw, empty=empty))
     if reduction == "none":
         return loss.astype(input.dtype)
     total = loss.sum()
@@ -107,6 +116,43 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
                         dtype=np.float64, meta=np.empty(0)).sum()
     fallback = 0.0 if empty == "zero" else np.nan
     return da.where(den != 0, total / da.where(den != 0, den, 1.0), fallback).astype(input.dtype)
+
+
+def _split_rows(x, t, w, sw, soft, acc, kw):
+    """Per-row losses of rows whose classes span several chunks: each chunk's
+    partial row states, then per chunk of rows their combination."""
+    import dask.array as da
+
+    from . import _api, _partial
+    from ._engines import RowJob
+
+    n_classes, n_col = x.shape[1], len(x.chunks[1])
+    job_kw = dict(ignore_index=kw["ignore_index"], label_smoothing=float(kw["label_smoothing"]))
+    job_kw.update(zip(("logit_scale", "softcap", "lse_square_scale"), _api._row_options(
+        kw.get("logit_scale", 1.0), kw.get("softcap"), kw.get("lse_square_scale", 0.0))))
+
+    def job_of(tb):
+        targets = dict(soft=tb) if soft else dict(target=tb[:, 0])
+        return RowJob(None, weight=None if w is None else w.astype(acc), **targets, **job_kw)
+
+    def states(xb, tb, block_info=None):
+        c0 = block_info[0]["array-location"][1][0]
+        job = job_of(tb)
+        z, _ = _partial.transform(np, job, xb.astype(acc, copy=False))
+        return np.stack(_partial.block_state(np, job, z, c0, n_classes), axis=1)
+
+    def losses(st, tb):
+        st = st.reshape(st.shape[0], n_col, 5)
+        total = _partial.State(*st[:, 0, :].T)
+        for k in range(1, n_col):
+            total = _partial.combine(np, total, _partial.State(*st[:, k, :].T))
+        return _partial.finish(np, job_of(tb), total)[0]
+
+    parts = da.map_blocks(states, x, t, chunks=(x.chunks[0], (5,) * n_col), dtype=acc,
+                          meta=np.empty((0, 0), acc))
+    loss = da.map_blocks(losses, parts.rechunk({1: -1}), t[:, :1] if not soft else t[:, :1],
+                         drop_axis=1, dtype=acc, meta=np.empty(0, acc))
+    return loss if sw is None else loss * sw[:, 0]
 
 
 def log_loss(y_true, y_proba, *, normalize=True, sample_weight=None, labels=None, **options):

@@ -51,7 +51,9 @@ def _coef(xp, job, c0, c1, n_classes, like):
     e, w = job.label_smoothing, job.weight
     wb = None if w is None else w[c0:c1]
     if job.soft is not None:
-        q = job.soft[:, c0:c1] * (1 - e) + e / n_classes
+        # probabilities of the whole rows, or of the block's classes only
+        q = job.soft[:, c0:c1] if job.soft.shape[1] == n_classes else job.soft
+        q = q * (1 - e) + e / n_classes
         return q if wb is None else q * wb
     if e == 0:
         return None
@@ -64,8 +66,8 @@ def block_state(xp, job, z, c0, n_classes):
     """The `State` of classes ``[c0, c0 + z.shape[1])`` of the rows of `job`.
 
     `z` is (R, Cb), the transformed logits of those classes; `job` holds the
-    rows' targets (class indices of the whole row, or probabilities (R, C)),
-    class weights of all C classes, and the options.
+    rows' targets (class indices, or probabilities of all C classes or of
+    the block's), class weights of all C classes, and the options.
     """
     c1 = c0 + z.shape[1]
     m = xp.max(z, axis=1)
