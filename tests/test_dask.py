@@ -31,10 +31,10 @@ def chunked(a, rows):
     return da.from_array(a, chunks=(rows,) + a.shape[1:])
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("case", ["plain", "weighted", "soft", "options"])
-def test_cross_entropy_matches_numpy(case, reduction, rng):
+def case_of(rng, case):
+    """Logits, targets, keyword arguments and sample weights of one case."""
     x = rng.standard_normal((N, C)) * 3
+    x[5, 9] = 40.0  # a row's maximum far from the others, in a late class
     t = rng.integers(0, C, N)
     t[::7] = -100
     kw = {}
@@ -42,9 +42,19 @@ def test_cross_entropy_matches_numpy(case, reduction, rng):
         kw = dict(weight=rng.uniform(0.5, 2.0, C), label_smoothing=0.1)
     elif case == "soft":
         t = rng.dirichlet(np.ones(C), N)
+        kw = dict(label_smoothing=0.05)
     elif case == "options":
-        kw = dict(softcap=4.0, lse_square_scale=1e-2, logit_scale=1.5)
-    sw = rng.uniform(0.0, 2.0, N) if case in ("weighted", "options") else None
+        kw = dict(softcap=4.0, lse_square_scale=1e-2, logit_scale=1.5, label_smoothing=0.1)
+    return x, t, kw, rng.uniform(0.0, 2.0, N) if case in ("weighted", "options") else None
+
+
+CASES = ["plain", "weighted", "soft", "options"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", CASES)
+def test_cross_entropy_matches_numpy(case, reduction, rng):
+    x, t, kw, sw = case_of(rng, case)
     want = xentc.cross_entropy(x, t, reduction=reduction, sample_weight=sw, **kw)
     got = xentc.cross_entropy(chunked(x, 97), chunked(t, 150), reduction=reduction,
                               sample_weight=None if sw is None else chunked(sw, 61), **kw)
@@ -113,23 +123,11 @@ def test_log_loss_binary_and_from_logits(rng):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("case", ["plain", "weighted", "soft", "options"])
+@pytest.mark.parametrize("case", CASES)
 def test_class_chunks_combine_partial_row_states(case, reduction, rng):
     # Chunks of (97 rows, 4 classes): every row's classes in three chunks,
     # the last one short; the row's maximum in any of them.
-    x = rng.standard_normal((N, C)) * 3
-    x[5, 9] = 40.0
-    t = rng.integers(0, C, N)
-    t[::7] = -100
-    kw = {}
-    if case == "weighted":
-        kw = dict(weight=rng.uniform(0.5, 2.0, C), label_smoothing=0.1)
-    elif case == "soft":
-        t = rng.dirichlet(np.ones(C), N)
-        kw = dict(label_smoothing=0.05)
-    elif case == "options":
-        kw = dict(softcap=4.0, lse_square_scale=1e-2, logit_scale=1.5, label_smoothing=0.1)
-    sw = rng.uniform(0.0, 2.0, N) if case in ("weighted", "options") else None
+    x, t, kw, sw = case_of(rng, case)
     want = xentc.cross_entropy(x, t, reduction=reduction, sample_weight=sw, **kw)
     xd = da.from_array(x, chunks=(97, 4))
     got = xentc.cross_entropy(xd, chunked(t, 150), reduction=reduction,

@@ -199,14 +199,14 @@ def test_backward_adopts_the_forward_buffer(monkeypatch):
     """loss.backward() leaves in x.grad the very buffer the fused forward wrote:
     no copy of the (N, C) gradient is made on the way."""
     written = []
-    fused = xentc._api._Loss.run  # the loss call the autograd node runs
+    fused = xentc._api.LossCall.run  # the loss call the autograd node runs
 
     def recording(*args, **kwargs):
         loss, grad = fused(*args, **kwargs)
         written.append(grad.data_ptr())
         return loss, grad
 
-    monkeypatch.setattr(xentc._api._Loss, "run", recording)
+    monkeypatch.setattr(xentc._api.LossCall, "run", recording)
     x = torch.randn(64, 300, requires_grad=True)
     xentc.cross_entropy(x, torch.randint(0, 300, (64,))).backward()
     assert len(written) == 1 and x.grad.data_ptr() == written[0]

@@ -34,7 +34,7 @@ Backend = Literal["auto", "cpu", "opencl", "generic"]
 Empty = Literal["nan", "zero"]
 
 
-def _check_floating(xp, a, what):
+def check_floating(xp, a, what):
     if not _dispatch.isdtype(xp, a.dtype, "real floating"):
         raise TypeError(f"`{what}` must be a real floating-point array, got dtype {a.dtype}")
 
@@ -56,7 +56,7 @@ def _from_rows(xp, r, lead_shape, axis):
     return xp.moveaxis(xp.reshape(r, lead_shape + (r.shape[-1],)), -1, axis)
 
 
-def _acc_dtype(xp, dtype):
+def acc_dtype(xp, dtype):
     """The dtype sums run in: float32 for half-precision storage, else the input's."""
     return dtype if dtype in (xp.float32, xp.float64) else xp.float32
 
@@ -64,7 +64,7 @@ def _acc_dtype(xp, dtype):
 def _weight(xp, weight, n_classes, dtype):
     if weight is None:
         return None
-    _check_floating(xp, weight, "weight")
+    check_floating(xp, weight, "weight")
     if weight.ndim != 1 or weight.shape[0] != n_classes:
         raise ValueError(f"`weight` must have shape ({n_classes},) for {n_classes} "
                          f"classes, got {tuple(weight.shape)}")
@@ -100,7 +100,7 @@ def _reduce(xp, loss, reduction, lead_shape, divisor, empty="nan"):
     return xp.zeros_like(total) if empty == "zero" else xp.full_like(total, math.nan)
 
 
-def _mean_options(reduction, normalizer, empty):
+def mean_options(reduction, normalizer, empty):
     """`normalizer` as a float (None stays None), after checking it and `empty`."""
     if empty not in _EMPTY:
         raise ValueError(f"`empty` must be one of {_EMPTY}, got {empty!r}")
@@ -123,7 +123,7 @@ def _positive(value, what):
     return v
 
 
-def _row_options(logit_scale, softcap, lse_square_scale):
+def row_options(logit_scale, softcap, lse_square_scale):
     """The row job's z options, checked: (logit_scale, softcap, lse_square_scale)."""
     if (softcap is None and type(logit_scale) in (int, float) and logit_scale == 1.0
             and type(lse_square_scale) in (int, float) and lse_square_scale == 0.0):
@@ -157,12 +157,12 @@ def _prepare(input, target, weight, reduction, axis, n_threads, backend, sample_
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
     n_threads = _n_threads(n_threads)
-    _check_floating(xp, input, "input")
+    check_floating(xp, input, "input")
     ax = _class_axis(input.ndim, axis)
     x, lead_shape = _as_rows(xp, input, ax)
     if x.shape[1] == 0:
         raise ValueError("`input` has an empty class axis (0 classes)")
-    w = _weight(xp, weight, x.shape[1], _acc_dtype(xp, input.dtype))
+    w = _weight(xp, weight, x.shape[1], acc_dtype(xp, input.dtype))
     engine = _dispatch.engine_for(xp, input, backend)
     return xp, x, ax, lead_shape, w, n_threads, engine
 
@@ -275,17 +275,17 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
         from . import _dask
         return _dask.cross_entropy(input, target, weight, sample_weight=sample_weight,
                                    **options)
-    if _tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
+    if tracks_grad(input):  # a training loss: torch's autograd gets the fused gradient
         from . import _autograd
         results = _autograd.cross_entropy(
             input, dict(target=target, weight=weight, sample_weight=sample_weight),
-            lambda input, **arrays: _Loss(input, **arrays, **options, want_grad=True))
+            lambda input, **arrays: LossCall(input, **arrays, **options, want_grad=True))
     else:
-        results = _Loss(input, target, weight, sample_weight=sample_weight, **options).run()[0]
+        results = LossCall(input, target, weight, sample_weight=sample_weight, **options).run()[0]
     return results if len(results) > 1 else results[0]
 
 
-def _tracks_grad(a):
+def tracks_grad(a):
     """Whether `a` is a torch tensor that autograd follows (without importing torch)."""
     torch = sys.modules.get("torch")
     return (torch is not None and isinstance(a, torch.Tensor) and a.requires_grad
@@ -343,7 +343,7 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     array([[ 0.045 ,  0.1224, -0.1674],
            [-0.3333,  0.1667,  0.1667]])
     """
-    results, grad = _Loss(
+    results, grad = LossCall(
         input, target, weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing, axis=axis, n_threads=n_threads, backend=backend,
         normalizer=normalizer, empty=empty, logit_scale=logit_scale, softcap=softcap,
@@ -353,7 +353,7 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     return (*results, grad)
 
 
-class _Loss:
+class LossCall:
     """One validated loss call: its row job, and how the engine's per-row results
     become the caller's (reduced, in the input's shape).
 
@@ -368,15 +368,15 @@ class _Loss:
                  normalizer=None, empty="nan", logit_scale=1.0, softcap=None,
                  lse_square_scale=0.0, sample_weight=None, return_z_loss=False,
                  return_lse=False, want_grad=False):
-        self.normalizer = _mean_options(reduction, normalizer, empty)
+        self.normalizer = mean_options(reduction, normalizer, empty)
         self.empty = empty
         label_smoothing = float(label_smoothing)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
-        logit_scale, softcap, zls = _row_options(logit_scale, softcap, lse_square_scale)
+        logit_scale, softcap, zls = row_options(logit_scale, softcap, lse_square_scale)
         xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
             input, target, weight, reduction, axis, n_threads, backend, sample_weight)
-        acc = _acc_dtype(xp, input.dtype)
+        acc = acc_dtype(xp, input.dtype)
         self.sample_weight = _sample_weight(xp, sample_weight, lead_shape, acc)
         self.returns = (bool(return_z_loss), bool(return_lse))
         job = dict(weight=w, label_smoothing=label_smoothing, n_threads=n_threads,
@@ -465,7 +465,7 @@ class _Loss:
         args = dict(grad_scale=1.0, grad_row_scale=self.sample_weight, out=None)
         if self.reduction == "none":
             if grad_output is not None:
-                go = xp.asarray(grad_output, dtype=_acc_dtype(xp, input.dtype),
+                go = xp.asarray(grad_output, dtype=acc_dtype(xp, input.dtype),
                                 device=_dispatch.device(input))
                 if tuple(go.shape) != self.lead_shape:
                     raise ValueError(f"`grad_output` must have the loss's shape "
@@ -578,7 +578,7 @@ def _normalize(x, axis, out_kind, n_threads, backend):
     normalized axis."""
     xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
-    _check_floating(xp, x, "x")
+    check_floating(xp, x, "x")
     ax = _class_axis(x.ndim, -1 if axis is None else axis)
     rows, lead_shape = _as_rows(xp, x, ax)
     engine = _dispatch.engine_for(xp, x, backend)
@@ -611,7 +611,7 @@ _NORMALIZE_DOC = """{summary}
 
 def log_softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
                 backend: Backend = "auto") -> Array:
-    if _tracks_grad(x):
+    if tracks_grad(x):
         from . import _autograd
         return _autograd.normalize(
             x, lambda a: _normalize(a, axis, "log_softmax", n_threads, backend), "log_softmax")
@@ -620,7 +620,7 @@ def log_softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
 
 def softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
             backend: Backend = "auto") -> Array:
-    if _tracks_grad(x):
+    if tracks_grad(x):
         from . import _autograd
         return _autograd.normalize(
             x, lambda a: _normalize(a, axis, "softmax", n_threads, backend), "softmax")
@@ -657,7 +657,7 @@ def logsumexp(x: Array, axis: int = -1, keepdims: bool = False, *,
     array
         Same namespace and dtype as `x`, the shape of `x` without `axis`.
     """
-    if _tracks_grad(x):
+    if tracks_grad(x):
         from . import _autograd
         return _autograd.logsumexp(
             x, lambda a: _logsumexp(a, axis, keepdims, n_threads, backend), keepdims)
@@ -668,7 +668,7 @@ def _logsumexp(x, axis, keepdims, n_threads, backend):
     """`logsumexp` and the reduced axis."""
     xp = _dispatch.namespace(x)
     n_threads = _n_threads(n_threads)
-    _check_floating(xp, x, "x")
+    check_floating(xp, x, "x")
     ax = _class_axis(x.ndim, axis)
     rows, lead_shape = _as_rows(xp, x, ax)
     engine = _dispatch.engine_for(xp, x, backend)

@@ -109,8 +109,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     if reduction == "sum":
         return total.astype(input.dtype)
     if normalizer is not None:
-        return (total / _api._mean_options("mean", normalizer, empty)).astype(input.dtype)
-    _api._mean_options("mean", None, empty)
+        return (total / _api.mean_options("mean", normalizer, empty)).astype(input.dtype)
+    _api.mean_options("mean", None, empty)
     t_rows = t[:, :1]
     den = da.map_blocks(kept, *((t_rows,) if sw is None else (t_rows, sw)), drop_axis=1,
                         dtype=np.float64, meta=np.empty(0)).sum()
@@ -128,7 +128,7 @@ def _split_rows(x, t, w, sw, soft, acc, kw):
 
     n_classes, n_col = x.shape[1], len(x.chunks[1])
     job_kw = dict(ignore_index=kw["ignore_index"], label_smoothing=float(kw["label_smoothing"]))
-    job_kw.update(zip(("logit_scale", "softcap", "lse_square_scale"), _api._row_options(
+    job_kw.update(zip(("logit_scale", "softcap", "lse_square_scale"), _api.row_options(
         kw.get("logit_scale", 1.0), kw.get("softcap"), kw.get("lse_square_scale", 0.0))))
 
     def job_of(tb):

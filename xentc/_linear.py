@@ -1,7 +1,7 @@
 """The output layer and its loss without the logits: `linear_cross_entropy`.
 
 An API-layer module beside ``_api``: it builds one validated loss call
-(``_api._Loss``) over the logits' shape, then never holds the (N, C) logits
+(``_api.LossCall``) over the logits' shape, then never holds the (N, C) logits
 or their gradient. The rows go in blocks whose logits fit ``block_bytes``;
 the matrix product of each block is the caller's own (``xp.matmul``: NumPy's
 BLAS, torch, CuPy, JAX), its loss and gradient come from the engine's fused
@@ -14,7 +14,7 @@ computed twice (once for the row's log-sum-exp, once for the gradient).
 import math
 
 from . import _dispatch, _partial
-from ._api import _Loss, _acc_dtype, _check_floating, _tracks_grad
+from ._api import LossCall, acc_dtype, check_floating, tracks_grad
 
 #: Default budget of one block of logits (and of any temporary of the
 #: gradient's products): a quarter of the logits and their gradient at
@@ -33,7 +33,7 @@ class _LinearLoss:
                  block_bytes=None, want_grad=False, **options):
         xp = _dispatch.namespace(input, linear_weight, linear_bias, target, weight,
                                  options.get("sample_weight"))
-        _check_floating(xp, input, "input")
+        check_floating(xp, input, "input")
         if input.ndim < 1:
             raise ValueError("`input` must have at least one dimension (the features)")
         h = input.shape[-1]
@@ -58,7 +58,7 @@ class _LinearLoss:
         shape_only = xp.broadcast_to(
             xp.zeros((n_classes,), dtype=input.dtype, device=_dispatch.device(input)),
             lead + (n_classes,))
-        self.loss = _Loss(shape_only, target, weight, axis=-1, want_grad=want_grad, **options)
+        self.loss = LossCall(shape_only, target, weight, axis=-1, want_grad=want_grad, **options)
         self.xp, self.input, self.w, self.b = xp, input, linear_weight, linear_bias
         self.x = xp.reshape(input, (math.prod(lead), h))
         self.block_bytes, self.itemsize = block_bytes, xp.finfo(input.dtype).bits // 8
@@ -80,7 +80,7 @@ class _LinearLoss:
         fields = loss.grad_fields(grad_output) if want_grad else {"out_kind": "none"}
         job, spec = loss.job.replace(**fields), loss.spec.replace(**fields)
         n, c = x.shape[0], w.shape[0]
-        acc = _acc_dtype(xp, x.dtype)
+        acc = acc_dtype(xp, x.dtype)
         grads = None
         if want_grad:
             need = (need[0], need[1], need[2] and self.b is not None)
@@ -272,7 +272,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     accumulation inside the product); the loss is summed in float32.
     """
     kw = _keywords(locals())
-    if any(_tracks_grad(a) for a in (input, linear_weight, linear_bias)):
+    if any(tracks_grad(a) for a in (input, linear_weight, linear_bias)):
         from . import _autograd
         results = _autograd.linear_cross_entropy(
             input, linear_weight, linear_bias, dict(target=target, weight=weight,
