@@ -14,7 +14,7 @@ from ._api import logsumexp as _logsumexp
 from ._api import softmax as _softmax
 
 __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
-           "log_softmax", "softmax", "logsumexp"]
+           "vocab_parallel_cross_entropy", "log_softmax", "softmax", "logsumexp"]
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -53,6 +53,50 @@ def linear_cross_entropy(input, linear_weight, target, **kwargs):
     loss's backward runs the blocks again with its ``grad_output``.
     """
     return _linear_cross_entropy(input, linear_weight, target, **kwargs)
+
+
+def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, vocab_start=None,
+                                 weight=None, ignore_index=-100, reduction="mean",
+                                 label_smoothing=0.0, logit_scale=1.0, softcap=None,
+                                 lse_square_scale=0.0, sample_weight=None, normalizer=None,
+                                 empty="nan"):
+    """Cross-entropy of logits whose classes are split over the ranks of a process group.
+
+    Megatron-LM's vocabulary-parallel loss on ``torch.distributed`` (gloo on
+    CPUs, NCCL on GPUs): this rank holds the columns ``[vocab_start,
+    vocab_start + C_r)`` of the (N, C) logits, shards may be uneven. Each
+    call makes two all-reduces over the group: the row maxima (N values),
+    then the rescaled sums of exps, target logits and smoothing sums (4 N
+    values); backward communicates nothing.
+
+    Parameters
+    ----------
+    logits_shard : Tensor
+        (N, C_r), this rank's columns of the logits.
+    target : Tensor
+        (N,) global class indices (the same on every rank).
+    group : ProcessGroup, optional
+        Default the world.
+    vocab_start : int, optional
+        This shard's first class; default the sum of the lower ranks' widths
+        (gathered once per call).
+    weight : Tensor, optional
+        (C,) weights of all the classes.
+    ignore_index, reduction, label_smoothing, logit_scale, softcap, lse_square_scale,
+    sample_weight, normalizer, empty
+        As for `xentc.cross_entropy`.
+
+    Returns
+    -------
+    Tensor
+        The loss, the same on every rank; its backward gives this rank the
+        gradient of its own shard.
+    """
+    from ._vocab_parallel import vocab_parallel_cross_entropy as run
+    return run(logits_shard, target, group=group, vocab_start=vocab_start, weight=weight,
+               ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+               logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
+               sample_weight=sample_weight, normalizer=normalizer, empty=empty)
 
 
 def log_softmax(x, axis=-1, *, n_threads=None, backend="auto"):
