@@ -392,16 +392,13 @@ static inline void XENTC_FN(rebase)(xentc_sums *acc, double m, double bm)
     }
 }
 
-/* z[0, n) = T(x[0, n)) and dz/dx into dz (when given); pulls the next
-   block of x towards L1 as block_sums does for untransformed rows. */
+/* z[0, n) = T(x[0, n)) and dz/dx into dz (when given): a short row into the
+   scratch of transformed_rows. */
 static void XENTC_FN(z_block)(const XENTC_FN(ztrans) *t, const TYPE *x, int64_t n, TYPE *z,
                               TYPE *dz)
 {
     for (int64_t j = 0; j < n; j += NL) {
         const int64_t len = n - j < NL ? n - j : NL;
-        if ((j & (4 * NL - 1)) == 0)
-            for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
-                __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
         VT d;
         const VT z_ = XENTC_FN(zv)(t, len == NL ? XENTC_FN(load)(x + j)
                                                 : XENTC_FN(load_part)(x + j, len), dz ? &d : NULL);

@@ -400,7 +400,7 @@ class LossCall:
             self.job, self.denominator = engine.targets(xp, self.spec)
             keep = t != ignore_index
         if self.sample_weight is not None:
-            self.denominator = _weighted_count(xp, self.sample_weight, keep, w,
+            self.denominator = weighted_count(xp, self.sample_weight, keep, w,
                                                None if keep is None else t)
         self.xp, self.engine, self.input = xp, engine, input
         self.reduction, self.axis, self.lead_shape = reduction, ax, lead_shape
@@ -493,7 +493,7 @@ class LossCall:
         return args
 
 
-def _weighted_count(xp, sample_weight, keep, weight, target):
+def weighted_count(xp, sample_weight, keep, weight, target):
     """The mean's divisor with sample weights: the sum over kept rows of
     ``sample_weight * weight[target]`` (of `sample_weight` without targets)."""
     if keep is None:

@@ -87,17 +87,15 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
             sample_weight=None if swb is None else swb[:, 0], **kw))
 
     def kept(tb, swb=None):
-        # Each chunk's rows' share of the mean's divisor.
+        # Each chunk's share of the mean's divisor, as the ordinary call sums it.
+        weights = np.ones(tb.shape[0]) if swb is None else swb[:, 0]
         if soft:
-            share = np.ones(tb.shape[0])
-        else:
-            tb = tb[:, 0]
-            keep = tb != ignore_index
-            share = np.where(keep, 1.0 if w is None else w[np.where(keep, tb, 0)], 0.0)
-        return share if swb is None else share * swb[:, 0]
+            return np.array([_api.weighted_count(np, weights, None, None, None)])
+        tb = tb[:, 0]
+        return np.array([_api.weighted_count(np, weights, tb != ignore_index, w, tb)])
 
     t, sw = _col(t), _col(sw)
-    acc = np.float32 if input.dtype == np.float16 else input.dtype
+    acc = _api.acc_dtype(np, input.dtype)
     if len(input.chunks[1]) == 1:
         args = (input, t) if sw is None else (input, t, sw)
         loss = da.map_blocks(rows, *args, drop_axis=1, dtype=acc, meta=np.empty(0, acc))
@@ -113,7 +111,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     _api.mean_options("mean", None, empty)
     t_rows = t[:, :1]
     den = da.map_blocks(kept, *((t_rows,) if sw is None else (t_rows, sw)), drop_axis=1,
-                        dtype=np.float64, meta=np.empty(0)).sum()
+                        chunks=((1,) * t_rows.numblocks[0],), dtype=np.float64,
+                        meta=np.empty(0)).sum()
     fallback = 0.0 if empty == "zero" else np.nan
     return da.where(den != 0, total / da.where(den != 0, den, 1.0), fallback).astype(input.dtype)
 
@@ -150,7 +149,7 @@ def _split_rows(x, t, w, sw, soft, acc, kw):
 
     parts = da.map_blocks(states, x, t, chunks=(x.chunks[0], (5,) * n_col), dtype=acc,
                           meta=np.empty((0, 0), acc))
-    loss = da.map_blocks(losses, parts.rechunk({1: -1}), t[:, :1] if not soft else t[:, :1],
+    loss = da.map_blocks(losses, parts.rechunk({1: -1}), t[:, :1],
                          drop_axis=1, dtype=acc, meta=np.empty(0, acc))
     return loss if sw is None else loss * sw[:, 0]
 

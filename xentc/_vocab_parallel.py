@@ -15,7 +15,7 @@ import torch.distributed as dist
 from array_api_compat import array_namespace
 
 from . import _partial
-from ._api import acc_dtype, mean_options, row_options
+from ._api import acc_dtype, mean_options, row_options, weighted_count
 from ._engines import RowJob
 
 
@@ -79,9 +79,8 @@ class _Call:
         self.job = RowJob(None, target=target, weight=w, ignore_index=ignore_index,
                           label_smoothing=float(label_smoothing), logit_scale=scale,
                           softcap=cap, lse_square_scale=zls)
-        keep = target != ignore_index
-        share = torch.where(keep, 1.0 if w is None else w[torch.where(keep, target, 0)], 0.0)
-        self.denominator = float((share if self.sw is None else share * self.sw).sum())
+        ones = torch.ones(target.shape[0], dtype=self.acc) if self.sw is None else self.sw
+        self.denominator = weighted_count(self.xp, ones, target != ignore_index, w, target)
 
     def _z(self, shard):
         return _partial.transform(self.xp, self.job, shard.to(self.acc))
