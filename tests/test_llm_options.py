@@ -135,14 +135,20 @@ def test_softcap_saturates_instead_of_overflowing(backend, n_classes, dtype):
     assert grad[0, 0] == 0 and grad[0, 2] == 0 and grad[1, 1] == 0
 
 
-def test_isa_and_threads_do_not_change_the_bits(isa, rng):
-    x = rng.standard_normal((300, 77)).astype(np.float32) * 5
-    t = rng.integers(0, 77, 300)
+# Long rows (streamed transform) and short ones (a scratch buffer per thread,
+# 5000 x 10 being several of the C core's chunks), on more threads than this
+# machine may have cores.
+@pytest.mark.parametrize("shape", [(300, 77), (5000, 10)])
+def test_isa_and_threads_do_not_change_the_bits(shape, isa, rng):
+    x = rng.standard_normal(shape).astype(np.float32) * 5
+    t = rng.integers(0, shape[1], shape[0])
     opts = dict(softcap=6.0, logit_scale=0.9, lse_square_scale=1e-3)
     one = xentc.cross_entropy_with_grad(x, t, n_threads=1, reduction="none", **opts)
-    two = xentc.cross_entropy_with_grad(x, t, n_threads=2, reduction="none", **opts)
-    for a, b in zip(one, two):
-        np.testing.assert_array_equal(a, b)
+    for n_threads in (2, 5):
+        many = xentc.cross_entropy_with_grad(x, t, n_threads=n_threads, reduction="none",
+                                             **opts)
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)
     want = options_reference(x, t, reduction="none", **opts)
     tols = options_tolerance(x, t, np.float32, reduction="none", **opts)
     assert_within(one[0], want[0], tols[0], "loss")
