@@ -38,3 +38,28 @@ def test_matches_one_process(widths, case, reduction, monkeypatch):
         while not errors.empty():
             msgs.append(errors.get())
         pytest.fail("; ".join(msgs) or "a rank failed")
+
+
+def test_bad_arguments_are_named():
+    # One rank is enough to check the arguments before any communication.
+    import torch
+    import torch.distributed as dist
+
+    import xentc.torch
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                            world_size=1)
+    try:
+        x, t = torch.zeros(4, 6), torch.tensor([0, 1, 2, 9])
+        with pytest.raises(IndexError, match="value 9 out of range for 6 classes"):
+            xentc.torch.vocab_parallel_cross_entropy(x, t)
+        t = torch.tensor([0, 1, 2, 3])
+        for kw, match in ((dict(label_smoothing=1.5), "`label_smoothing`"),
+                          (dict(sample_weight=torch.ones(3)), "`sample_weight`"),
+                          (dict(weight=torch.ones(5)), "`weight`"),
+                          (dict(softcap=0.0), "`softcap`"),
+                          (dict(vocab_start=3), "`vocab_start`")):
+            with pytest.raises(ValueError, match=match):
+                xentc.torch.vocab_parallel_cross_entropy(x, t, **kw)
+    finally:
+        dist.destroy_process_group()

@@ -71,6 +71,11 @@ class _Call:
         if bool(bad.any()):
             raise IndexError(f"`target` value {int(target[bad][0])} out of range for "
                              f"{n_classes} classes")
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
+        if sample_weight is not None and tuple(sample_weight.shape) != tuple(target.shape):
+            raise ValueError(f"`sample_weight` must have the target's shape "
+                             f"{tuple(target.shape)}, got {tuple(sample_weight.shape)}")
         scale, cap, zls = row_options(logit_scale, softcap, lse_square_scale)
         self.xp = array_namespace(shard)
         self.acc = acc_dtype(self.xp, shard.dtype)
@@ -79,7 +84,8 @@ class _Call:
         self.job = RowJob(None, target=target, weight=w, ignore_index=ignore_index,
                           label_smoothing=float(label_smoothing), logit_scale=scale,
                           softcap=cap, lse_square_scale=zls)
-        ones = torch.ones(target.shape[0], dtype=self.acc) if self.sw is None else self.sw
+        ones = (torch.ones(target.shape[0], dtype=self.acc, device=target.device)
+                if self.sw is None else self.sw)
         self.denominator = weighted_count(self.xp, ones, target != ignore_index, w, target)
 
     def _z(self, shard):
