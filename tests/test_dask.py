@@ -142,3 +142,15 @@ def test_bad_arguments_are_checked_before_any_chunk(rng):
         xentc.cross_entropy(x, t, softcap=-1.0)
     with pytest.raises(ValueError, match="`weight` must have shape"):
         xentc.cross_entropy(x, t, np.ones(3))
+
+
+def test_a_class_chunk_of_minus_inf_beside_very_negative_logits(rng):
+    # A chunk whose logits are all -inf has no maximum of its own: it must
+    # weigh nothing, not pull the row's maximum up to 0 (exp(-800) would then
+    # underflow and the loss be infinite).
+    x = rng.standard_normal((6, 12)) - 800
+    x[:, 4:8] = -np.inf
+    t = np.array([0, 1, 2, 3, 9, 11])
+    want = xentc.cross_entropy(x, t, reduction="none")
+    got = xentc.cross_entropy(da.from_array(x, chunks=(3, 4)), chunked(t, 3), reduction="none")
+    np.testing.assert_allclose(got.compute(), want, rtol=1e-12)

@@ -70,10 +70,11 @@ def block_state(xp, job, z, c0, n_classes):
     the block's), class weights of all C classes, and the options.
     """
     c1 = c0 + z.shape[1]
-    m = xp.max(z, axis=1)
-    # A block of -inf (or NaN) has no max: 0 there keeps exp finite; its
-    # terms are exp(-inf) = 0, or NaN, as they should be.
-    m = xp.where(xp.isinf(m), xp.zeros_like(m), m)
+    top = xp.max(z, axis=1)
+    # The exps against 0 where the max is infinite, so that they stay what
+    # they should be (exp(-inf) = 0, inf, NaN); a block of -inf keeps -inf
+    # as its max, which `combine` then weighs 0, whatever the other blocks'.
+    m = xp.where(xp.isinf(top), xp.zeros_like(top), top)
     d = z - m[:, None]
     s = xp.sum(xp.exp(d), axis=1)
     zy = xp.zeros_like(m)
@@ -89,16 +90,23 @@ def block_state(xp, job, z, c0, n_classes):
     else:
         lin = xp.sum(coef * d, axis=1)
         a = xp.sum(xp.broadcast_to(coef, d.shape), axis=1)
-    return State(m, s, zy, lin, a)
+    none = top == -xp.inf
+    return State(xp.where(none, top, m), s, zy, lin, a)
 
 
 def combine(xp, p, q):
     """The state of the union of two disjoint blocks of the same rows."""
     m = xp.maximum(p.m, q.m)
-    fp, fq = xp.exp(p.m - m), xp.exp(q.m - m)
-    # lin is against each block's m: moved onto the common one
-    return State(m, p.s * fp + q.s * fq, p.zy + q.zy,
-                 (p.lin - (m - p.m) * p.a) + (q.lin - (m - q.m) * q.a), p.a + q.a)
+
+    def moved(st):
+        # sum and linear terms onto the common max; a block of -inf (s = 0,
+        # lin already -inf or NaN) stays as it is
+        none = st.m == -xp.inf
+        gap = xp.where(none, xp.zeros_like(m), m - st.m)
+        return st.s * xp.exp(-gap), st.lin - gap * st.a
+
+    (ps, pl), (qs, ql) = moved(p), moved(q)
+    return State(m, ps + qs, p.zy + q.zy, pl + ql, p.a + q.a)
 
 
 def finish(xp, job, st):
