@@ -78,46 +78,93 @@ static inline double XENTC_FN(hsum)(VT v)
     return s;
 }
 
-/* exp(d[0..n)) in place, for d <= 0 (NaN propagates). Below EXP_LO, where
-   the result would be subnormal, it is 0 with flush (exp(-inf) = 0 for the
-   values a caller sees), else exp(EXP_LO): inside a sum of exps, which is at
-   least 1, that is far below half an ulp, and skipping the flush frees
-   registers in the hot loops. Called with a constant n: the n independent
-   dependency chains are interleaved stage by stage, which keeps the FMA
-   pipes busy where one chain would leave them waiting on latency. */
-static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n, int flush)
+typedef struct {
+    int on, cap_on;
+    TYPE s, k, cap;
+    TYPE dzf; /* zv's dz is dz/dx / dzf: a factor the callers apply per row */
+    /* A scale alone: exp(s d) = 2^(c2 d) from d (vexp_n with this ztrans), by
+       the exp's polynomial in r ln2 as one in r, b[j] = EXP_COEF[j] ln2^j. */
+    TYPE c2, lo2, b[EXP_DEGREE + 1];
+#ifdef TANH_P
+    TYPE cap_p[TANH_NP]; /* cap * TANH_P: z comes out of the rational directly */
+#endif
+} XENTC_FN(ztrans);
+
+static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
 {
-    const VT lo = XENTC_FN(splat)(EXP_LO);
+    XENTC_FN(ztrans) t;
+    t.cap_on = r->softcap > 0.0;
+    t.on = t.cap_on || r->logit_scale != 1.0;
+    if (!t.on) /* begin() runs per row: the plain rows' set-up is this test */
+        return t;
+    t.s = (TYPE)r->logit_scale;
+    t.cap = (TYPE)(t.cap_on ? r->softcap : 1.0);
+    t.k = (TYPE)(r->logit_scale / (t.cap_on ? r->softcap : 1.0));
+    t.dzf = t.s;
+    t.c2 = (TYPE)(r->logit_scale * 1.44269504088896340736);
+    t.lo2 = (TYPE)(EXP_LO / r->logit_scale);
+    for (int j = 0; j <= EXP_DEGREE; j++)
+        t.b[j] = (TYPE)(EXP_COEF[j] * pow(0.69314718055994530942, j));
+#ifdef TANH_P
+    for (int i = 0; i < TANH_NP; i++)
+        t.cap_p[i] = t.cap * TANH_P[i];
+    if (t.cap_on)
+        t.dzf = (TYPE)(r->logit_scale / ((double)t.cap * (double)t.cap));
+#endif
+    return t;
+}
+
+/* exp(d[0..n)) in place, for d <= 0 (NaN propagates); with sc (a scale
+   alone, see ztrans), exp(s d). Below EXP_LO, where the result would be
+   subnormal, it is 0 with `under` EXP_FLUSH (exp(-inf) = 0 for the values
+   a caller sees), else exp(EXP_LO) (EXP_CLAMP): inside a sum of exps, which
+   is at least 1, that is far below half an ulp, and skipping the flush
+   frees registers in the hot loops; EXP_INRANGE: no d is below EXP_LO. Called with a constant n: the n independent
+   dependency chains are interleaved stage by stage, which keeps the FMA
+   pipes busy where one chain would leave them waiting on latency.
+   The scaled form rounds s / ln2 once (as s d would be) and takes
+   r = c2 d - k in one multiply-add: no more work than the plain exp's
+   Cody-Waite reduction, where s d then exp(s d) would be one product more. */
+static inline __attribute__((always_inline)) void XENTC_FN(vexp_n)(VT *d, int n, int under,
+                                                                   const XENTC_FN(ztrans) *sc)
+{
+    const VT lo = XENTC_FN(splat)(sc ? sc->lo2 : EXP_LO);
+    const VT c2 = XENTC_FN(splat)(sc ? sc->c2 : (TYPE)1.44269504088896340736);
     /* t = d / ln2 + shift puts round(d / ln2) + bias in the low mantissa
        bits of t: shifted up by the mantissa width they are 2^k's bits. */
     const VT shift = XENTC_FN(splat)(EXP_SHIFT + EXP_BIAS);
     VT t[4], k[4], r[4], p[4];
-    VIT under[4] = {{0}};
+    VIT low[4] = {{0}};
     for (int u = 0; u < n; u++) {
-        if (flush)
-            under[u] = d[u] < lo;
-        d[u] = XENTC_FN(max)(lo, d[u]);
-        t[u] = d[u] * (TYPE)1.44269504088896340736 + shift;
+        if (under == EXP_FLUSH)
+            low[u] = d[u] < lo;
+        if (under != EXP_INRANGE)
+            d[u] = XENTC_FN(max)(lo, d[u]);
+        t[u] = d[u] * c2 + shift;
     }
     for (int u = 0; u < n; u++) {
         k[u] = t[u] - shift;
-        r[u] = d[u] - k[u] * LN2_HI;
-        r[u] = r[u] - k[u] * LN2_LO;
-        p[u] = XENTC_FN(splat)((TYPE)EXP_COEF[EXP_DEGREE]);
+        if (sc) {
+            r[u] = d[u] * c2 - k[u];
+        } else {
+            r[u] = d[u] - k[u] * LN2_HI;
+            r[u] = r[u] - k[u] * LN2_LO;
+        }
+        p[u] = XENTC_FN(splat)(sc ? sc->b[EXP_DEGREE] : (TYPE)EXP_COEF[EXP_DEGREE]);
     }
     for (int j = EXP_DEGREE - 1; j >= 0; j--) /* Horner */
         for (int u = 0; u < n; u++)
-            p[u] = p[u] * r[u] + (TYPE)EXP_COEF[j];
+            p[u] = p[u] * r[u] + (sc ? sc->b[j] : (TYPE)EXP_COEF[j]);
     for (int u = 0; u < n; u++) {
         d[u] = p[u] * (VT)((VIT)t[u] << EXP_MANT);
-        if (flush) /* exp(-inf) = 0 */
-            d[u] = (VT)(~under[u] & (VIT)d[u]);
+        if (under == EXP_FLUSH) /* exp(-inf) = 0 */
+            d[u] = (VT)(~low[u] & (VIT)d[u]);
     }
 }
 
 static inline VT XENTC_FN(vexp)(VT d)
 {
-    XENTC_FN(vexp_n)(&d, 1, 1);
+    XENTC_FN(vexp_n)(&d, 1, EXP_FLUSH, NULL);
     return d;
 }
 
@@ -142,43 +189,9 @@ void XENTC_FN(xentc_exp)(const void *in, void *out, int64_t n)
  * k2 = 0 (small a), the rounding of 1 + r Q(r) never happens: small a keep
  * their relative precision, as expm1's.
  */
-typedef struct {
-    int on, cap_on;
-    TYPE s, k, cap;
-    TYPE dzf; /* zv's dz is dz/dx / dzf: a factor the callers apply per row */
-#ifdef TANH_P
-    TYPE cap_p[TANH_NP]; /* cap * TANH_P: z comes out of the rational directly */
-#endif
-} XENTC_FN(ztrans);
-
-static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
+static inline __attribute__((always_inline)) VT XENTC_FN(zcap)(const XENTC_FN(ztrans) *t, VT x,
+                                                                VT *dz)
 {
-    XENTC_FN(ztrans) t;
-    t.cap_on = r->softcap > 0.0;
-    t.on = t.cap_on || r->logit_scale != 1.0;
-    if (!t.on) /* begin() runs per row: the plain rows' set-up is this test */
-        return t;
-    t.s = (TYPE)r->logit_scale;
-    t.cap = (TYPE)(t.cap_on ? r->softcap : 1.0);
-    t.k = (TYPE)(r->logit_scale / (t.cap_on ? r->softcap : 1.0));
-    t.dzf = t.s;
-#ifdef TANH_P
-    for (int i = 0; i < TANH_NP; i++)
-        t.cap_p[i] = t.cap * TANH_P[i];
-    if (t.cap_on)
-        t.dzf = (TYPE)(r->logit_scale / ((double)t.cap * (double)t.cap));
-#endif
-    return t;
-}
-
-static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztrans) *t, VT x,
-                                                              VT *dz)
-{
-    if (!t->cap_on) {
-        if (dz)
-            *dz = XENTC_FN(splat)(1);
-        return x * t->s;
-    }
 #ifdef TANH_P /* the rational tanh of row_kernels.c */
     const VT u = x * t->k;
     const VIT sign = (VIT)u & (VIT)(-XENTC_FN(splat)(0)); /* splat(-0.0) would be +0 */
@@ -219,17 +232,28 @@ static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztra
 #endif
 }
 
-/* z - m for logits x of a transformed row, exactly 0 at the row's max:
-   (x - mx) * s for a scale alone (vm = mx, the max of x), T(x) - m with a
-   softcap (vm = m = T(mx)). */
-static inline __attribute__((always_inline)) VT XENTC_FN(zd)(const XENTC_FN(ztrans) *t, VT x,
-                                                              VT vm, VT *dz)
+static inline __attribute__((always_inline)) VT XENTC_FN(zv)(const XENTC_FN(ztrans) *t, VT x,
+                                                              VT *dz)
 {
     if (t->cap_on)
-        return XENTC_FN(zv)(t, x, dz) - vm;
+        return XENTC_FN(zcap)(t, x, dz);
     if (dz)
         *dz = XENTC_FN(splat)(1);
-    return (x - vm) * t->s;
+    return x * t->s;
+}
+
+/* z - m for logits x of a row transformed by `mode`, exactly 0 at the
+   row's max: x - m untransformed, (x - mx) * s for a scale alone (vm = mx,
+   the max of x), T(x) - m with a softcap (vm = m = T(mx)). dz/dx / dzf
+   into dz (when given): 1 but for a softcap. */
+static inline __attribute__((always_inline)) VT XENTC_FN(zd)(const XENTC_FN(ztrans) *t, int mode,
+                                                              VT x, VT vm, VT *dz)
+{
+    if (mode == Z_CAP || mode == Z_CAP_NEAR)
+        return XENTC_FN(zcap)(t, x, dz) - vm;
+    if (dz)
+        *dz = XENTC_FN(splat)(1);
+    return mode == Z_SCALE ? (x - vm) * t->s : x - vm;
 }
 
 /* T(v) of one value, bit for bit the vector lanes' result: XENTC_OPAQUE
@@ -298,7 +322,7 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
  * acc->rest += sum of exp(x - m) over x != m, acc->ones += count of x == m;
  * with lin, also acc->lin += sum c * (x - m) and acc->coef += sum c. Keeping x - m
  * (not x) in the linear sum keeps it exact for logits of any magnitude.
- * With zt, x - m is z - m (see zd: m is then the max of x for a scale
+ * With a transform (mode, zt), x - m is z - m (see zd: m is then the max of x for a scale
  * alone, of z with a softcap), taken in registers as the logits stream in,
  * and the kept exps are stored times dz/dx / dzf (ztrans; for a softcap: a
  * scale's dz/dx is all dzf).
@@ -306,10 +330,16 @@ static inline TYPE XENTC_FN(coef1)(const TYPE *w, const TYPE *q, int64_t k, TYPE
 static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                                  const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
-                                 xentc_sums *acc, TYPE *store, const XENTC_FN(ztrans) *zt)
+                                 xentc_sums *acc, TYPE *store, const XENTC_FN(ztrans) *zrow,
+                                 int mode)
 {
     const VT vm = XENTC_FN(splat)(m);
-    VT s = {0}, sl = {0}, sc = {0};
+    /* a local copy: stores to `store` cannot change it, so its constants
+       stay in registers */
+    const XENTC_FN(ztrans) zcopy = *zrow, *const zt = &zcopy;
+    const XENTC_FN(ztrans) *const sc = mode == Z_SCALE ? zt : NULL;
+    const int cap = mode == Z_CAP || mode == Z_CAP_NEAR;
+    VT s = {0}, sl = {0}, sa = {0};
     VIT ones = {0}; /* minus the count of terms equal to 1, per lane */
     VT lane = {0};
     for (int64_t k = 0; k < NL; k++)
@@ -326,16 +356,17 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
             VT dz[4];
             for (int u = 0; u < 4; u++) {
                 d[u] = XENTC_FN(load)(x + j + u * NL);
-                d[u] = zt ? XENTC_FN(zd)(zt, d[u], vm, store ? &dz[u] : NULL) : d[u] - vm;
+                /* a scale alone goes into the exp (sc) */
+                d[u] = sc ? d[u] - vm : XENTC_FN(zd)(zt, mode, d[u], vm, store ? &dz[u] : NULL);
             }
             if (store) { /* kept exps are values a caller sees: exp(-inf) = 0 */
-                XENTC_FN(vexp_n)(d, 4, 1);
+                XENTC_FN(vexp_n)(d, 4, mode == Z_CAP_NEAR ? EXP_INRANGE : EXP_FLUSH, sc);
                 for (int u = 0; u < 4; u++) {
-                    const VT o = zt && zt->cap_on ? d[u] * dz[u] : d[u];
+                    const VT o = cap ? d[u] * dz[u] : d[u];
                     memcpy(store + j + u * NL, &o, sizeof o);
                 }
             } else {
-                XENTC_FN(vexp_n)(d, 4, 0);
+                XENTC_FN(vexp_n)(d, 4, mode == Z_CAP_NEAR ? EXP_INRANGE : EXP_CLAMP, sc);
             }
             for (int u = 0; u < 4; u++) { /* exp is exactly 1 only near x == m */
                 const VIT top = d[u] == 1;  /* -1 where true */
@@ -356,17 +387,18 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
             d = XENTC_FN(load_part)(x + j, len);
             live = lane < (TYPE)len;
         }
-        d = zt ? XENTC_FN(zd)(zt, d, vm, store ? &dz : NULL) : d - vm;
+        d = sc ? d - vm : XENTC_FN(zd)(zt, mode, d, vm, store ? &dz : NULL);
         const VIT top = live & (d == 0);
-        const VT ev = XENTC_FN(vexp)(d);
+        VT ev = d;
+        XENTC_FN(vexp_n)(&ev, 1, EXP_FLUSH, sc);
         if (store)
-            XENTC_FN(store_part)(store + j, zt && zt->cap_on ? ev * dz : ev, len);
+            XENTC_FN(store_part)(store + j, cap ? ev * dz : ev, len);
         s += XENTC_FN(sel)(live & ~top, ev, XENTC_FN(splat)(0));
         ones += top;
         if (lin) {
             VT c = XENTC_FN(sel)(live, XENTC_FN(coef)(w, q, j, len, qa, qb), XENTC_FN(splat)(0));
-            sl += c * XENTC_FN(sel)(live, d, XENTC_FN(splat)(0));
-            sc += c;
+            sl += c * XENTC_FN(sel)(live, sc ? d * zt->s : d, XENTC_FN(splat)(0));
+            sa += c;
         }
     }
     acc->rest += XENTC_FN(hsum)(s);
@@ -374,7 +406,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
         acc->ones -= (double)ones[k];
     if (lin) {
         acc->lin += XENTC_FN(hsum)(sl);
-        acc->coef += XENTC_FN(hsum)(sc);
+        acc->coef += XENTC_FN(hsum)(sa);
     }
 }
 
@@ -544,7 +576,8 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
     for (int64_t j = 0; j < C; j += NL) {
         const int64_t len = C - j < NL ? C - j : NL;
         VT d = len == NL ? XENTC_FN(load)(c->x + j) : XENTC_FN(load_part)(c->x + j, len), dz;
-        d = (c->zt.on ? XENTC_FN(zd)(&c->zt, d, vm, &dz) : d - vm) - vls;
+        d = XENTC_FN(zd)(&c->zt, c->zt.cap_on ? Z_CAP : c->zt.on ? Z_SCALE : Z_NONE, d, vm,
+                         &dz) - vls;
         VT o;
         if (r->out_kind == XENTC_OUT_LOG_SOFTMAX) {
             o = d;
@@ -609,12 +642,19 @@ static inline __attribute__((always_inline)) void XENTC_FN(row_sums)(const XENTC
                                       double m, xentc_sums *acc, TYPE *store)
 {
     const TYPE *w = c->w ? c->w + b : NULL, *q = c->q ? c->q + b : NULL;
-    /* Two calls, so that the untransformed one is compiled without zt. */
-    if (c->zt.on)
-        XENTC_FN(block_sums)(c->x + b, w, q, n, c->zt.cap_on ? (TYPE)m : mx, c->lin, c->qa,
-                             c->qb, acc, store, &c->zt);
+    /* One call per transform, each compiled without the others' tests. */
+    if (c->zt.cap_on && c->zt.cap <= -EXP_LO / 2)
+        XENTC_FN(block_sums)(c->x + b, w, q, n, (TYPE)m, c->lin, c->qa, c->qb, acc, store,
+                             &c->zt, Z_CAP_NEAR);
+    else if (c->zt.cap_on)
+        XENTC_FN(block_sums)(c->x + b, w, q, n, (TYPE)m, c->lin, c->qa, c->qb, acc, store,
+                             &c->zt, Z_CAP);
+    else if (c->zt.on)
+        XENTC_FN(block_sums)(c->x + b, w, q, n, mx, c->lin, c->qa, c->qb, acc, store, &c->zt,
+                             Z_SCALE);
     else
-        XENTC_FN(block_sums)(c->x + b, w, q, n, mx, c->lin, c->qa, c->qb, acc, store, NULL);
+        XENTC_FN(block_sums)(c->x + b, w, q, n, mx, c->lin, c->qa, c->qb, acc, store, &c->zt,
+                             Z_NONE);
 }
 
 /* z of a row's max of x, in double: exact for a scale alone, so that lse
@@ -764,7 +804,7 @@ static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n, int drop_ones)
             d[u] = XENTC_FN(load)(buf + j + u * NL);
             top[u] = (VT)((d[u] == 0) & (VIT)drop);
         }
-        XENTC_FN(vexp_n)(d, 4, 1);
+        XENTC_FN(vexp_n)(d, 4, EXP_FLUSH, NULL);
         for (int u = 0; u < 4; u++) {
             d[u] += top[u];
             memcpy(buf + j + u * NL, &d[u], sizeof d[u]);
@@ -945,7 +985,7 @@ static inline void XENTC_FN(narrow_sums)(const TYPE *x, int64_t stride, int64_t 
             d[u] = col[k + u] - m;
             top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
         }
-        XENTC_FN(vexp_n)(d, 4, 0);
+        XENTC_FN(vexp_n)(d, 4, EXP_CLAMP, NULL);
         for (int u = 0; u < 4; u++) {
             s += d[u] + top[u];
             ones -= top[u];

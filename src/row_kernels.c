@@ -41,6 +41,16 @@ typedef struct {
     double ones; /* count of the terms exactly 1: z == m */
 } xentc_sums;
 
+/* The row transforms (row_kernel_template.h: zd), as a constant argument
+   of the hot loops, each compiled without the others' tests: none, a scale
+   alone, a softcap, a softcap small enough that z - m >= -2 softcap never
+   underflows the exp (no clamp). */
+enum { Z_NONE, Z_SCALE, Z_CAP, Z_CAP_NEAR };
+
+/* vexp_n's handling of arguments below EXP_LO: clamped, clamped with the
+   exps that underflow flushed to 0, or none (the caller knows d >= EXP_LO). */
+enum { EXP_CLAMP, EXP_FLUSH, EXP_INRANGE };
+
 /* 1/j!: the float64 exp polynomial below. */
 static const double xentc_inv_factorial[14] = {
     1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,

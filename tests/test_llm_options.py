@@ -117,6 +117,24 @@ def test_softcap_gradient_in_place_and_across_blocks(case, rng):
     assert (grad is buf) == (case == "in_place")
 
 
+@pytest.mark.parametrize("softcap", [43.0, 44.0, 200.0])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softcap_either_side_of_the_exp_range(backend, softcap, dtype, rng):
+    # Up to softcap 43.5, z - max(z) >= -87 stays in float32's exp range and
+    # the C core skips its clamp; past it, wide logits reach exps that
+    # underflow (and must be 0, not garbage, in the gradient).
+    x = (rng.standard_normal((5, 3000)) * 300).astype(dtype)
+    x[1, 7] = -np.inf
+    t = rng.integers(0, 3000, 5)
+    want = options_reference(x, t, softcap=softcap, reduction="none")
+    got = xentc.cross_entropy_with_grad(x, t, softcap=softcap, reduction="none",
+                                        return_lse=True, backend=backend)
+    tols = options_tolerance(x, t, dtype, softcap=softcap, reduction="none")
+    assert_within(got[0], want[0], tols[0], "loss")
+    assert_within(got[1], want[2], tols[1], "lse")
+    assert_within(got[2], want[3], tols[2], "grad")
+
+
 @pytest.mark.parametrize("n_classes", [4, 1500])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softcap_saturates_instead_of_overflowing(backend, n_classes, dtype):
