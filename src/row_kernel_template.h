@@ -566,13 +566,41 @@ static inline void XENTC_FN(grad_target)(const xentc_rows *r, const XENTC_FN(row
                               (c->zt.on ? c->gamma * (double)c->dzy : c->gamma));
 }
 
+/* The gradient step every row path ends with, for one vector of logits
+   [j, j + len): a * e - beta * coef, e being exps of the row (p = e * a /
+   alpha). */
+static inline __attribute__((always_inline)) VT XENTC_FN(grad_of)(const XENTC_FN(row_ctx) *c,
+                                                                  VT e, int64_t j, int64_t len,
+                                                                  VT a, VT beta, int plain)
+{
+    return a * e - (plain ? beta : beta * XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb));
+}
+
+/* out[j0, j1) = grad_of(e[j0, j1), a): exps kept in out (e == out) or
+   batched apart, scaled to the gradient from cache. */
+static inline __attribute__((always_inline)) void XENTC_FN(grad_sweep)(
+    const XENTC_FN(row_ctx) *c, const TYPE *e, int64_t j0, int64_t j1, double a)
+{
+    const VT va = XENTC_FN(splat)((TYPE)a), vb = XENTC_FN(splat)((TYPE)c->beta);
+    const int plain = !c->w && !c->q; /* coef == 1: tested once, not per vector */
+    int64_t j = j0;
+    for (; j + NL <= j1; j += NL) {
+        const VT o = XENTC_FN(grad_of)(c, XENTC_FN(load)(e + j), j, NL, va, vb, plain);
+        memcpy(c->out + j, &o, sizeof o);
+    }
+    /* the tail lane by lane: a short row's whole gradient may be shorter
+       than a vector, where partial loads and stores cost more than this */
+    for (; j < j1; j++)
+        c->out[j] = (TYPE)a * e[j] - (TYPE)c->beta * XENTC_FN(coef1)(c->w, c->q, j, c->qa, c->qb);
+}
+
 /* Long rows: vector second pass over row x (from cache): out = f(x - m - ls). */
 static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *c,
                                   TYPE mx, TYPE m, TYPE ls)
 {
     const int64_t C = r->n_classes;
     const VT vm = XENTC_FN(splat)(c->zt.on && !c->zt.cap_on ? mx : m), vls = XENTC_FN(splat)(ls);
-    const TYPE alpha = (TYPE)c->alpha, beta = (TYPE)c->beta;
+    const VT alpha = XENTC_FN(splat)((TYPE)c->alpha), beta = XENTC_FN(splat)((TYPE)c->beta);
     for (int64_t j = 0; j < C; j += NL) {
         const int64_t len = C - j < NL ? C - j : NL;
         VT d = len == NL ? XENTC_FN(load)(c->x + j) : XENTC_FN(load_part)(c->x + j, len), dz;
@@ -583,27 +611,11 @@ static void XENTC_FN(second_pass)(const xentc_rows *r, const XENTC_FN(row_ctx) *
             o = d;
         } else if (r->out_kind == XENTC_OUT_SOFTMAX) {
             o = XENTC_FN(vexp)(d);
-        } else {
-            VT cf = XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb);
-            o = alpha * XENTC_FN(vexp)(d) - beta * cf;
+        } else { /* with a transform, times dz/dx: the coefficient terms too */
+            o = XENTC_FN(grad_of)(c, XENTC_FN(vexp)(d), j, len, alpha, beta, 0);
             if (c->zt.on)
                 o *= dz * c->zt.dzf;
         }
-        XENTC_FN(store_part)(c->out + j, o, len);
-    }
-}
-
-/* out[j0, j1) = a * out - beta * coef: the kept exps of a range scaled to
-   the gradient, from cache. */
-static inline __attribute__((always_inline)) void XENTC_FN(scale_kept)(
-    const XENTC_FN(row_ctx) *c, int64_t j0, int64_t j1, double a)
-{
-    const VT va = XENTC_FN(splat)((TYPE)a), vb = XENTC_FN(splat)((TYPE)c->beta);
-    const int plain = !c->w && !c->q; /* coef == 1: tested once, not per vector */
-    for (int64_t j = j0; j < j1; j += NL) {
-        const int64_t len = j1 - j < NL ? j1 - j : NL;
-        const VT e = len == NL ? XENTC_FN(load)(c->out + j) : XENTC_FN(load_part)(c->out + j, len);
-        const VT o = va * e - (plain ? vb : vb * XENTC_FN(coef)(c->w, c->q, j, len, c->qa, c->qb));
         XENTC_FN(store_part)(c->out + j, o, len);
     }
 }
@@ -736,10 +748,10 @@ static inline __attribute__((always_inline)) int XENTC_FN(grad_row_kept_exps)(co
     XENTC_FN(finish)(r, i, c, m, ls, &acc);
     const double dzf = c->zt.on ? (double)c->zt.dzf : 1.0; /* see block_sums */
     if (skipped > 0)
-        XENTC_FN(scale_kept)(c, 0, skipped, dzf * c->alpha * exp(-ls));
+        XENTC_FN(grad_sweep)(c, c->out, 0, skipped, dzf * c->alpha * exp(-ls));
     seg_start[n_seg] = C;
     for (int k = 0; k < n_seg; k++)
-        XENTC_FN(scale_kept)(c, seg_start[k], seg_start[k + 1],
+        XENTC_FN(grad_sweep)(c, c->out, seg_start[k], seg_start[k + 1],
                              dzf * c->alpha * exp(seg_m[k] - m - ls));
     XENTC_FN(grad_target)(r, c);
     return 1;
@@ -929,9 +941,8 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
                 memcpy(c.out, v, (size_t)C * sizeof(TYPE));
                 continue;
             }
-            const TYPE alpha = (TYPE)st[i - g0].alpha, beta = (TYPE)st[i - g0].beta;
-            for (int64_t k = 0; k < C; k++)
-                c.out[k] = alpha * v[k] - beta * XENTC_FN(coef1)(c.w, c.q, k, c.qa, c.qb);
+            c.beta = st[i - g0].beta;
+            XENTC_FN(grad_sweep)(&c, v, 0, C, st[i - g0].alpha);
             c.gamma = st[i - g0].gamma;
             XENTC_FN(grad_target)(r, &c);
         }
