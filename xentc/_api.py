@@ -271,7 +271,7 @@ def cross_entropy(input: Array, target: Array, weight: Array | None = None,
                    logit_scale=logit_scale, softcap=softcap,
                    lse_square_scale=lse_square_scale, return_z_loss=return_z_loss,
                    return_lse=return_lse)
-    if type(input).__module__.startswith("dask."):  # lazy chunks: each through this call
+    if _dispatch.is_dask(input):  # lazy chunks: each through this call
         from . import _dask
         return _dask.cross_entropy(input, target, weight, sample_weight=sample_weight,
                                    **options)
@@ -343,6 +343,14 @@ def cross_entropy_with_grad(input: Array, target: Array, weight: Array | None = 
     array([[ 0.045 ,  0.1224, -0.1674],
            [-0.3333,  0.1667,  0.1667]])
     """
+    if _dispatch.is_dask(input):
+        from . import _dask
+        return _dask.cross_entropy_with_grad(
+            input, target, weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, grad_output=grad_output, out=out, axis=axis,
+            n_threads=n_threads, backend=backend, normalizer=normalizer, empty=empty,
+            logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
+            sample_weight=sample_weight, return_z_loss=return_z_loss, return_lse=return_lse)
     results, grad = LossCall(
         input, target, weight, ignore_index=ignore_index, reduction=reduction,
         label_smoothing=label_smoothing, axis=axis, n_threads=n_threads, backend=backend,
@@ -559,6 +567,10 @@ def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_in
     array
         ``-weight[target] * input[target]``, reduced, in `input`'s namespace.
     """
+    if _dispatch.is_dask(input):
+        from . import _dask
+        return _dask.nll_loss(input, target, weight, ignore_index, reduction, axis=axis,
+                              n_threads=n_threads, backend=backend)
     xp, x, _, lead_shape, w, _, engine = _prepare(
         input, target, weight, reduction, axis, n_threads, backend)
     t = _class_targets(xp, target, lead_shape, x.shape[1])
@@ -611,6 +623,9 @@ _NORMALIZE_DOC = """{summary}
 
 def log_softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
                 backend: Backend = "auto") -> Array:
+    if _dispatch.is_dask(x):
+        from . import _dask
+        return _dask.log_softmax(x, axis, n_threads=n_threads, backend=backend)
     if tracks_grad(x):
         from . import _autograd
         return _autograd.normalize(
@@ -620,6 +635,9 @@ def log_softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
 
 def softmax(x: Array, axis: int = -1, *, n_threads: int | None = None,
             backend: Backend = "auto") -> Array:
+    if _dispatch.is_dask(x):
+        from . import _dask
+        return _dask.softmax(x, axis, n_threads=n_threads, backend=backend)
     if tracks_grad(x):
         from . import _autograd
         return _autograd.normalize(
@@ -657,6 +675,9 @@ def logsumexp(x: Array, axis: int = -1, keepdims: bool = False, *,
     array
         Same namespace and dtype as `x`, the shape of `x` without `axis`.
     """
+    if _dispatch.is_dask(x):
+        from . import _dask
+        return _dask.logsumexp(x, axis, keepdims, n_threads=n_threads, backend=backend)
     if tracks_grad(x):
         from . import _autograd
         return _autograd.logsumexp(

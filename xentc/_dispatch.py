@@ -30,6 +30,12 @@ def _is_opencl(a):
     return cla is not None and isinstance(a, cla.Array)
 
 
+def is_dask(a):
+    """Whether `a` is a Dask array (without importing dask): ``xentc._dask`` takes
+    those, chunk by chunk through the ordinary calls."""
+    return type(a).__module__.split(".")[0] == "dask"
+
+
 def namespace(*arrays):
     """The array namespace of `arrays` (None entries ignored).
 

@@ -122,7 +122,7 @@ def log_loss(y_true, y_proba=None, *, normalize=True, sample_weight=None, labels
     >>> round(log_loss([1, 0, 2], [[.2, .7, .1], [.6, .2, .2], [.6, .1, .3]]), 7)
     0.6904911
     """
-    if type(y_proba).__module__.startswith("dask."):  # chunk by chunk, exact sums
+    if _dispatch.is_dask(y_proba):  # chunk by chunk, exact sums
         from . import _dask
         return _dask.log_loss(y_true, y_proba, normalize=normalize, sample_weight=sample_weight,
                               labels=labels, from_logits=from_logits, n_threads=n_threads,
