@@ -26,6 +26,10 @@ def _free_port():
     ((5, 30, 2), "llm", "mean"),
     ((5, 30, 2), "llm", "none"),
     ((5, 30, 2), "smoothing_weight", "mean"),
+    ((20, 17), "soft_module", "mean"),
+    ((5, 30, 2), "soft_module", "none"),
+    ((20, 17), "float32", "mean"),
+    ((5, 30, 2), "float32", "none"),
 ], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
 def test_matches_one_process(widths, case, reduction, monkeypatch):
     errors = mp.get_context("spawn").SimpleQueue()
@@ -61,5 +65,13 @@ def test_bad_arguments_are_named():
                           (dict(vocab_start=3), "`vocab_start`")):
             with pytest.raises(ValueError, match=match):
                 xentc.torch.vocab_parallel_cross_entropy(x, t, **kw)
+        with pytest.raises(ValueError, match="shaped as `logits_shard`"):
+            xentc.torch.vocab_parallel_cross_entropy(x, torch.ones(4, 5) / 5)
+        with pytest.raises(ValueError, match="`ignore_index` is not supported"):
+            xentc.torch.vocab_parallel_cross_entropy(x, torch.ones(4, 6) / 6, ignore_index=0)
+        loss_fn = xentc.torch.VocabParallelCrossEntropyLoss(label_smoothing=0.1)
+        assert "label_smoothing=0.1" in repr(loss_fn)
+        want = torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1)
+        assert torch.allclose(loss_fn(x, t), want)
     finally:
         dist.destroy_process_group()

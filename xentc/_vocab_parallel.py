@@ -49,7 +49,12 @@ class _Call:
     def __init__(self, shard, target, group, vocab_start, weight, ignore_index, reduction,
                  label_smoothing, logit_scale, softcap, lse_square_scale, sample_weight,
                  normalizer, empty):
-        if shard.ndim != 2 or target.ndim != 1 or target.shape[0] != shard.shape[0]:
+        soft = target.dtype.is_floating_point
+        if soft and tuple(target.shape) != tuple(shard.shape):
+            raise ValueError(f"`target` of class probabilities must be this rank's shard of "
+                             f"them, shaped as `logits_shard` {tuple(shard.shape)}, got "
+                             f"{tuple(target.shape)}")
+        if shard.ndim != 2 or target.shape[0] != shard.shape[0] or not (soft or target.ndim == 1):
             raise ValueError(f"`logits_shard` must be (N, C_r) and `target` (N,), got "
                              f"{tuple(shard.shape)} and {tuple(target.shape)}")
         if reduction not in ("none", "sum", "mean"):
@@ -65,10 +70,10 @@ class _Call:
         if weight is not None and tuple(weight.shape) != (n_classes,):
             raise ValueError(f"`weight` must hold all {n_classes} classes, "
                              f"got shape {tuple(weight.shape)}")
-        if target.dtype.is_floating_point:
-            raise TypeError("`target` must hold class indices (global ones)")
+        if soft and ignore_index >= 0:
+            raise ValueError("`ignore_index` is not supported with class-probability targets")
         bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bool(bad.any()):
+        if not soft and bool(bad.any()):
             raise IndexError(f"`target` value {int(target[bad][0])} out of range for "
                              f"{n_classes} classes")
         if not 0.0 <= float(label_smoothing) <= 1.0:
@@ -81,12 +86,15 @@ class _Call:
         self.acc = acc_dtype(self.xp, shard.dtype)
         w = None if weight is None else weight.to(self.acc)
         self.sw = None if sample_weight is None else sample_weight.to(self.acc)
-        self.job = RowJob(None, target=target, weight=w, ignore_index=ignore_index,
+        # probabilities: this shard's classes of them (`_partial`'s blocks)
+        targets = dict(soft=target.to(self.acc)) if soft else dict(target=target)
+        self.job = RowJob(None, **targets, weight=w, ignore_index=ignore_index,
                           label_smoothing=float(label_smoothing), logit_scale=scale,
                           softcap=cap, lse_square_scale=zls)
         ones = (torch.ones(target.shape[0], dtype=self.acc, device=target.device)
                 if self.sw is None else self.sw)
-        self.denominator = weighted_count(self.xp, ones, target != ignore_index, w, target)
+        self.denominator = (weighted_count(self.xp, ones, None, None, None) if soft else
+                            weighted_count(self.xp, ones, target != ignore_index, w, target))
 
     def _z(self, shard):
         return _partial.transform(self.xp, self.job, shard.to(self.acc))

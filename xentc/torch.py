@@ -13,8 +13,9 @@ from ._api import log_softmax as _log_softmax
 from ._api import logsumexp as _logsumexp
 from ._api import softmax as _softmax
 
-__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy",
-           "vocab_parallel_cross_entropy", "log_softmax", "softmax", "logsumexp"]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "VocabParallelCrossEntropyLoss",
+           "cross_entropy", "linear_cross_entropy", "vocab_parallel_cross_entropy", "log_softmax",
+           "softmax", "logsumexp"]
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -74,7 +75,8 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, vocab_star
     logits_shard : Tensor
         (N, C_r), this rank's columns of the logits.
     target : Tensor
-        (N,) global class indices (the same on every rank).
+        (N,) global class indices (the same on every rank), or (N, C_r) class
+        probabilities: this rank's columns of them, as `logits_shard`.
     group : ProcessGroup, optional
         Default the world.
     vocab_start : int, optional
@@ -242,3 +244,50 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     def extra_repr(self):
         c, h = self.weight.shape
         return f"in_features={h}, out_features={c}, bias={self.bias is not None}, {self.options}"
+
+
+class VocabParallelCrossEntropyLoss(torch.nn.Module):
+    """The loss of logits whose classes are split over the ranks of a process group
+    (`vocab_parallel_cross_entropy`), as a module: the options fixed, the shard,
+    targets and per-call arguments given to `forward`.
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+        Default the world.
+    weight : Tensor, optional
+        (C,) weights of all the classes; registered as a buffer, so it moves
+        with ``.to()``.
+    ignore_index, reduction, label_smoothing, logit_scale, softcap, lse_square_scale, empty
+        Keyword-only, as for `xentc.cross_entropy`.
+
+    Examples
+    --------
+    In every rank of an initialized process group, with this rank's columns
+    of a head's output:
+
+    >>> loss_fn = xentc.torch.VocabParallelCrossEntropyLoss(softcap=30.0)  # doctest: +SKIP
+    >>> loss_fn(logits_shard, target).backward()                          # doctest: +SKIP
+    """
+
+    def __init__(self, group=None, *, weight=None, ignore_index=-100, reduction="mean",
+                 label_smoothing=0.0, logit_scale=1.0, softcap=None, lse_square_scale=0.0,
+                 empty="nan"):
+        super().__init__()
+        self.group = group
+        self.register_buffer("weight", weight)
+        self.options = dict(ignore_index=ignore_index, reduction=reduction,
+                            label_smoothing=label_smoothing, logit_scale=logit_scale,
+                            softcap=softcap, lse_square_scale=lse_square_scale, empty=empty)
+
+    def forward(self, logits_shard, target, *, vocab_start=None, normalizer=None,
+                sample_weight=None):
+        """The loss of this rank's `logits_shard` against `target` (see
+        `vocab_parallel_cross_entropy`), the same on every rank."""
+        return vocab_parallel_cross_entropy(logits_shard, target, group=self.group,
+                                            vocab_start=vocab_start, weight=self.weight,
+                                            normalizer=normalizer, sample_weight=sample_weight,
+                                            **self.options)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
