@@ -102,7 +102,7 @@ REPEAT, QUICK_REPEAT = 20, 5
 #: The tests over the ``library`` fixture, and its ids of CUDA arrays (see
 #: tests/conftest.py), for ``-k``. Only those modules are collected: an
 #: import error elsewhere in the suite is not a CUDA result.
-CUDA_TESTS = ("tests/test_libraries.py", "tests/test_linear.py")
+CUDA_TESTS = ("tests/test_libraries.py", "tests/test_linear.py", "tests/test_vocab_parallel.py")
 CUDA_LIBRARIES = ("torch-cuda", "cupy")
 #: Seconds each subprocess may take. The OpenCL tests (some 3600) come last
 #: and may run out of time on a slow driver: what ran is reported.

@@ -75,3 +75,33 @@ def test_bad_arguments_are_named():
         assert torch.allclose(loss_fn(x, t), want)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("library", ["torch-cuda"])
+def test_nccl_on_one_gpu(library):
+    # One rank: every collective of the call on CUDA tensors through NCCL (two
+    # ranks would need two GPUs); the whole vocabulary is the shard.
+    import torch
+    import torch.distributed as dist
+
+    import xentc.torch
+
+    if not torch.cuda.is_available() or not dist.is_nccl_available():
+        pytest.skip("needs a CUDA device and NCCL")
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0,
+                            world_size=1)
+    try:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(64, 1000, device="cuda", dtype=torch.float64, generator=gen) * 3
+        t = torch.randint(0, 1000, (64,), device="cuda", generator=gen)
+        w = torch.rand(1000, device="cuda", dtype=torch.float64, generator=gen) + 0.5
+        shard = x.clone().requires_grad_()
+        loss = xentc.torch.vocab_parallel_cross_entropy(shard, t, weight=w, label_smoothing=0.1)
+        loss.backward()
+        ref = x.clone().requires_grad_()
+        want = torch.nn.functional.cross_entropy(ref, t, weight=w, label_smoothing=0.1)
+        want.backward()
+        assert loss.device == x.device and torch.allclose(loss, want, rtol=1e-12)
+        assert torch.allclose(shard.grad, ref.grad, rtol=1e-12, atol=1e-15)
+    finally:
+        dist.destroy_process_group()

@@ -19,11 +19,12 @@ from ._api import acc_dtype, mean_options, row_options, weighted_count
 from ._engines import RowJob
 
 
-def _shard_start(width, group):
+def _shard_start(width, group, device):
     """Where this rank's columns start, and the whole vocabulary: from every
-    rank's width, gathered once."""
-    widths = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(widths, torch.tensor([width], dtype=torch.int64), group=group)
+    rank's width, gathered once (on the shard's device: NCCL has no CPU tensors)."""
+    widths = [torch.zeros(1, dtype=torch.int64, device=device)
+              for _ in range(dist.get_world_size(group))]
+    dist.all_gather(widths, torch.tensor([width], dtype=torch.int64, device=device), group=group)
     widths = [int(w.item()) for w in widths]
     rank = dist.get_rank(group)
     return sum(widths[:rank]), sum(widths)
@@ -61,7 +62,7 @@ class _Call:
             raise ValueError(f"`reduction` must be one of ('none', 'sum', 'mean'), "
                              f"got {reduction!r}")
         self.normalizer = mean_options(reduction, normalizer, empty)
-        start, n_classes = _shard_start(shard.shape[1], group)
+        start, n_classes = _shard_start(shard.shape[1], group, shard.device)
         self.start = start if vocab_start is None else int(vocab_start)
         if not 0 <= self.start <= n_classes - shard.shape[1]:
             raise ValueError(f"`vocab_start` {self.start} does not fit a shard of "
