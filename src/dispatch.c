@@ -26,8 +26,10 @@
 typedef struct {
     const char *name;
     int (*supported)(void);
-    xentc_rows_fn rows_f32, rows_f64;
+    xentc_rows_fn rows_f32, rows_f64, rows_f16, rows_bf16;
     xentc_exp_fn exp_f32, exp_f64;
+    xentc_widen16_fn widen16;
+    xentc_narrow16_fn narrow16;
     xentc_proba_fn proba_f32, proba_f64;
     xentc_bad_target_fn bad_target;
     xentc_target_total_fn target_total;
@@ -41,7 +43,9 @@ static int always(void) { return 1; }
 static int has_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    /* F16C (half-precision conversions) comes with every AVX2 CPU made */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 }
 #endif
 #ifdef XENTC_HAVE_AVX512
@@ -54,7 +58,9 @@ static int has_avx512(void)
 
 #define ISA(name, test)                                                        \
     {#name, test, xentc_rows_f32_##name, xentc_rows_f64_##name,                   \
-     xentc_exp_f32_##name, xentc_exp_f64_##name, xentc_proba_f32_##name,          \
+     xentc_rows_f16_##name, xentc_rows_bf16_##name,                               \
+     xentc_exp_f32_##name, xentc_exp_f64_##name, xentc_widen16_##name,            \
+     xentc_narrow16_##name, xentc_proba_f32_##name,                               \
      xentc_proba_f64_##name, xentc_bad_target_##name, xentc_target_total_##name}
 
 /* Lowest first; the best supported one is chosen. */
@@ -256,8 +262,23 @@ static void rows_chunk(void *ctx, int64_t k, int64_t i0, int64_t i1, int tid)
     job->fn(r, i0, i1, job->scratch ? job->scratch + (size_t)tid * job->scratch_bytes : NULL);
 }
 
+/* Bytes of scratch per thread for a chunk of rows of r (row_kernels.h):
+   16-bit rows widened to float32, transformed short rows' z and dz/dx. */
+static size_t scratch_bytes(const xentc_rows *r, size_t elem_size, int half)
+{
+    const size_t values = (size_t)chunk_rows(r->n_classes) * (size_t)r->n_classes;
+    size_t bytes = 0;
+    if ((r->logit_scale != 1.0 || r->softcap > 0.0) && r->n_classes <= XENTC_SCRATCH_C)
+        bytes += 2 * values * elem_size;
+    if (half)
+        bytes += (r->soft ? 2 : 1) * values * sizeof(float);
+    return bytes;
+}
+
+/* fn computes in values of elem_size bytes; half: its rows are 16-bit ones,
+   widened to float32 */
 static int run_rows(const xentc_rows *rows, int n_threads, int64_t *bad_row, xentc_rows_fn fn,
-                    size_t elem_size)
+                    size_t elem_size, int half)
 {
     if (!rows)
         return XENTC_ERR_ARG;
@@ -272,13 +293,10 @@ static int run_rows(const xentc_rows *rows, int n_threads, int64_t *bad_row, xen
         !(r->softcap >= 0.0 && isfinite(r->softcap)) ||
         !(r->lse_square_scale >= 0.0 && isfinite(r->lse_square_scale)))
         return XENTC_ERR_ARG;
-    rows_job job = {r, fn, NULL, 0, -1};
-    if ((r->logit_scale != 1.0 || r->softcap > 0.0) && r->n_classes <= XENTC_SCRATCH_C) {
-        /* Transformed short rows are written to a buffer per thread,
-           allocated once per call (row_kernels.h: xentc_rows_fn). */
-        const int64_t n_chunks = chunk_count(r->n_rows, r->n_classes);
-        const int nt = thread_count(n_threads, n_chunks);
-        job.scratch_bytes = 2 * (size_t)chunk_rows(r->n_classes) * (size_t)r->n_classes * elem_size;
+    rows_job job = {r, fn, NULL, scratch_bytes(r, elem_size, half), -1};
+    if (job.scratch_bytes > 0 && r->n_rows > 0) {
+        /* A buffer per thread, allocated once per call. */
+        const int nt = thread_count(n_threads, chunk_count(r->n_rows, r->n_classes));
         job.scratch = malloc(job.scratch_bytes * (size_t)nt);
         if (!job.scratch)
             return XENTC_ERR_MEMORY;
@@ -377,13 +395,31 @@ int xentc_proba_f64(xentc_proba *proba, int n_threads, int64_t *bad_row)
 
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
-    return run_rows(rows, n_threads, bad_row, get_active()->rows_f32, sizeof(float));
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f32, sizeof(float), 0);
 }
 
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
 {
-    return run_rows(rows, n_threads, bad_row, get_active()->rows_f64, sizeof(double));
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f64, sizeof(double), 0);
+}
+
+int xentc_rows_f16(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+{
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_f16, sizeof(float), 1);
+}
+
+int xentc_rows_bf16(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+{
+    return run_rows(rows, n_threads, bad_row, get_active()->rows_bf16, sizeof(float), 1);
 }
 
 void xentc_exp_f32(const float *in, float *out, int64_t n) { get_active()->exp_f32(in, out, n); }
 void xentc_exp_f64(const double *in, double *out, int64_t n) { get_active()->exp_f64(in, out, n); }
+void xentc_half_to_f32(const void *in, float *out, int64_t n, int bf16)
+{
+    get_active()->widen16(in, out, n, bf16);
+}
+void xentc_f32_to_half(const float *in, void *out, int64_t n, int bf16)
+{
+    get_active()->narrow16(in, out, n, bf16);
+}

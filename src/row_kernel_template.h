@@ -90,13 +90,12 @@ typedef struct {
 #endif
 } XENTC_FN(ztrans);
 
+/* The transform of rows that have one (logit_scale != 1 or a softcap). */
 static inline XENTC_FN(ztrans) XENTC_FN(ztrans_of)(const xentc_rows *r)
 {
     XENTC_FN(ztrans) t;
     t.cap_on = r->softcap > 0.0;
-    t.on = t.cap_on || r->logit_scale != 1.0;
-    if (!t.on) /* begin() runs per row: the plain rows' set-up is this test */
-        return t;
+    t.on = 1;
     t.s = (TYPE)r->logit_scale;
     t.cap = (TYPE)(t.cap_on ? r->softcap : 1.0);
     t.k = (TYPE)(r->logit_scale / (t.cap_on ? r->softcap : 1.0));
@@ -336,7 +335,8 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
     const VT vm = XENTC_FN(splat)(m);
     /* a local copy: stores to `store` cannot change it, so its constants
        stay in registers */
-    const XENTC_FN(ztrans) zcopy = *zrow, *const zt = &zcopy;
+    const XENTC_FN(ztrans) zcopy = mode != Z_NONE ? *zrow : (XENTC_FN(ztrans)){0},
+                           *const zt = &zcopy;
     const XENTC_FN(ztrans) *const sc = mode == Z_SCALE ? zt : NULL;
     const int cap = mode == Z_CAP || mode == Z_CAP_NEAR;
     VT s = {0}, sl = {0}, sa = {0};
@@ -465,7 +465,7 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
     c.out = r->out_kind != XENTC_OUT_NONE ? (TYPE *)r->out + i * r->out_stride : NULL;
     c.y = r->target ? r->target[i] : -1;
     c.xy = c.y >= 0 && c.y < r->n_classes ? (double)c.x[c.y] : 0.0;
-    c.zt.on = 0; /* see begin_z */
+    c.zt.on = c.zt.cap_on = 0; /* see begin_z */
     c.dzy = 1;
     c.qa = (TYPE)(1.0 - e);
     c.qb = (TYPE)(e / (double)r->n_classes);
@@ -478,7 +478,9 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
    scratch rows): z[y] and dz/dx at y, z[y] as zmax gives z of the max. */
 static inline void XENTC_FN(begin_z)(const xentc_rows *r, XENTC_FN(row_ctx) *c)
 {
-    c->zt = XENTC_FN(ztrans_of)(r);
+    /* per row: the plain rows' set-up is this test */
+    if (r->logit_scale != 1.0 || r->softcap > 0.0)
+        c->zt = XENTC_FN(ztrans_of)(r);
     if (!c->zt.on || c->y < 0 || c->y >= r->n_classes)
         return;
     if (c->zt.cap_on) {

@@ -19,6 +19,8 @@
    transformed rows of up to XENTC_SCRATCH_C classes, else may be NULL. */
 typedef void (*xentc_rows_fn)(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch);
 typedef void (*xentc_exp_fn)(const void *in, void *out, int64_t n);
+typedef void (*xentc_widen16_fn)(const void *in, float *out, int64_t n, int bf16);
+typedef void (*xentc_narrow16_fn)(const float *in, void *out, int64_t n, int bf16);
 /* Rows [i0, i1) of a probability array (targets checked); ext = {min, max, nan}. */
 typedef void (*xentc_proba_fn)(const xentc_proba *proba, int64_t i0, int64_t i1, double ext[3]);
 
@@ -30,10 +32,17 @@ typedef int64_t (*xentc_bad_target_fn)(const int64_t *target, int64_t i0, int64_
 typedef double (*xentc_target_total_fn)(const int64_t *target, int64_t n, int64_t ignore,
                                         const double *weight);
 
+/* 16-bit rows (half_rows.c) widen rows [i0, i1) into `scratch`: (i1 - i0) *
+   n_classes float32 values for x, as many again for soft targets, then the
+   float32 rows' own scratch (above) when they need one. */
 #define XENTC_DECLARE_ISA(isa)                                                 \
     void xentc_rows_f32_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
     void xentc_rows_f64_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
+    void xentc_rows_f16_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
+    void xentc_rows_bf16_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
     void xentc_exp_f32_##isa(const void *in, void *out, int64_t n);            \
+    void xentc_widen16_##isa(const void *in, float *out, int64_t n, int bf16); \
+    void xentc_narrow16_##isa(const float *in, void *out, int64_t n, int bf16); \
     void xentc_exp_f64_##isa(const void *in, void *out, int64_t n);            \
     void xentc_proba_f32_##isa(const xentc_proba *proba, int64_t i0, int64_t i1, \
                                double ext[3]);                                 \

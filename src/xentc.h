@@ -34,7 +34,8 @@ typedef enum {
 
 /*
  * One batch of rows. Pointers to floating data all have the entry point's
- * dtype. Strides are in elements. Unused pointers are NULL.
+ * dtype (but see the 16-bit entry points). Strides are in elements. Unused
+ * pointers are NULL.
  *
  * Each row is computed on z = softcap * tanh(logit_scale * x / softcap), or
  * z = logit_scale * x when softcap is 0; lse is the log-sum-exp of z. Row
@@ -78,6 +79,11 @@ typedef struct {
    bad target has been read. */
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row);
+/* 16-bit logits: x, soft and out hold IEEE float16 (f16) or bfloat16 (bf16)
+   values; weight, loss, lse and grad_row_scale are float32. Rows are computed
+   in float32 and `out` rounded to nearest even. */
+int xentc_rows_f16(const xentc_rows *rows, int n_threads, int64_t *bad_row);
+int xentc_rows_bf16(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 
 /* Probabilities, for log_loss: one pass over an (n_rows, n_classes) array of
    the dtype gives, per row, the sum and the entry at the target column, and
@@ -114,6 +120,10 @@ int xentc_set_isa(const char *name);
 /* The vectorized exp of the active ISA, for inputs <= 0 (testing aid). */
 void xentc_exp_f32(const float *in, float *out, int64_t n);
 void xentc_exp_f64(const double *in, double *out, int64_t n);
+/* The 16-bit conversions of the active ISA (bf16: bfloat16, else float16):
+   exact widening, narrowing rounded to nearest even (testing aid). */
+void xentc_half_to_f32(const void *in, float *out, int64_t n, int bf16);
+void xentc_f32_to_half(const float *in, void *out, int64_t n, int bf16);
 
 #ifdef __cplusplus
 }

@@ -296,9 +296,9 @@ def core_calls(monkeypatch):
     calls = []
     rows = xentc._core.rows
 
-    def spy(job):
+    def spy(job, half=None):
         calls.append((job.x.ctypes.data, None if job.out is None else job.out.ctypes.data))
-        return rows(job)
+        return rows(job, half)
 
     monkeypatch.setattr(xentc._core, "rows", spy)
     return calls
@@ -362,7 +362,10 @@ def test_zero_copy_grad_in_place(library, big_case, core_calls):
 # half precision: as accurate as torch's own half-precision results
 # ---------------------------------------------------------------------------
 
-HALF_CASES = [("numpy", "float16"), ("torch", "float16"), ("torch", "bfloat16")]
+# NumPy's bfloat16 is ml_dtypes' (a JAX dependency); every case reaches the C
+# core's 16-bit rows without a copy.
+HALF_CASES = [("numpy", "float16"), ("numpy", "bfloat16"), ("torch", "float16"),
+              ("torch", "bfloat16"), ("jax", "float16"), ("jax", "bfloat16")]
 half_cases = pytest.mark.parametrize("lib, half", HALF_CASES, ids=["-".join(c) for c in HALF_CASES])
 HALF_CE_KW = dict(ignore_index=-100, label_smoothing=0.1)  # the half cross-entropy tests' options
 HALF_SHAPE = (200, 700)  # 1.4e5 elements: two of the C engine's float32 blocks
@@ -387,18 +390,32 @@ class Half:
         self.torch_w = torch.from_numpy(w32).to(self.tdtype)
         self.x = self.torch_x.double().numpy()  # the half-rounded values, exactly
         self.w = self.torch_w.double().numpy()
+        self.lib = lib
         if lib == "numpy":
-            self.xl, self.wl = self.x.astype(np.float16), self.w.astype(np.float16)
+            import ml_dtypes
+            self.ndtype = np.float16 if dtype_name == "float16" else ml_dtypes.bfloat16
+            self.xl, self.wl = self.x.astype(self.ndtype), self.w.astype(self.ndtype)
+        elif lib == "jax":
+            import jax.numpy as jnp
+            self.xl, self.wl = (jnp.asarray(a, getattr(jnp, dtype_name)) for a in (self.x, self.w))
         else:
             self.xl, self.wl = self.torch_x.clone(), self.torch_w.clone()
         self.t = make_targets(rng, shape[:1], shape[1], ignore_index=-100)
-        self.tl = self.t if lib == "numpy" else torch.from_numpy(self.t)
+        self.tl = torch.from_numpy(self.t) if lib == "torch" else self.t
+        if lib == "jax":
+            import jax.numpy as jnp
+            self.tl = jnp.asarray(self.t)
         self.tt = torch.from_numpy(self.t)  # the targets for torch's own result
 
     def check_dtype(self, got):
-        if isinstance(self.xl, np.ndarray):
-            assert isinstance(got, (np.ndarray, np.generic)) and got.dtype == np.float16
+        if self.lib == "numpy":
+            assert isinstance(got, (np.ndarray, np.generic)) and got.dtype == self.ndtype
             return np.asarray(got, np.float64)
+        if self.lib == "jax":
+            import jax
+            assert isinstance(got, jax.Array) and str(got.dtype) == str(self.tdtype)[6:]
+            return np.asarray(got.astype("float64") if jax.config.jax_enable_x64
+                              else got.astype("float32"), np.float64)
         assert isinstance(got, torch.Tensor) and got.dtype == self.tdtype
         return got.double().numpy()
 
@@ -452,6 +469,74 @@ def test_half_softmax_family(lib, half, engine, rng):
             theirs[0], "log_softmax")
     h.check(xentc.logsumexp(h.xl, axis=1, backend=engine), logsumexp_ref(h.x, axis=1),
             theirs[1], "logsumexp")
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_half_soft_targets_row_options_unaligned(half, rng):
+    # Probabilities in the logits' dtype, the row options, and a float16 array
+    # at an odd address: the C core's 16-bit rows widen and narrow them all.
+    tdtype = getattr(torch, half)
+    tx = torch.from_numpy(make_logits(rng, (40, 300), np.float32)).to(tdtype)
+    tq = torch.from_numpy(rng.dirichlet(np.ones(300), 40)).to(tdtype)
+    x, q = tx.double().numpy(), tq.double().numpy()  # the values the tensors hold
+    opts = dict(softcap=20.0, lse_square_scale=1e-3, label_smoothing=0.05, reduction="none")
+    want = options_reference(x, q, **opts)
+    loss, lse, grad = xentc.cross_entropy_with_grad(tx, tq, return_lse=True, **opts)
+    # float32's error on the way (the option bounds), then one rounding to half
+    tols = options_tolerance(x, q, np.float32, **opts)
+    for name, got, w, tol in (("loss", loss, want[0], tols[0]), ("lse", lse, want[2], tols[1]),
+                              ("grad", grad, want[3], tols[2])):
+        assert got.dtype == tdtype
+        assert_within(got.double().numpy(), w, tol + _half_ulp(w, tdtype) / 2, name)
+    if half == "float16":
+        buf = np.frombuffer(bytearray(2 * x.size + 1), np.float16, x.size, offset=1)
+        buf = buf.reshape(x.shape)
+        buf[...] = x
+        assert buf.ctypes.data % 2 == 1
+        loss_u, grad_u = xentc.cross_entropy_with_grad(buf, q.astype(np.float16), out=buf,
+                                                       **opts)
+        np.testing.assert_array_equal(loss_u, loss.numpy())
+        np.testing.assert_array_equal(grad_u, grad.numpy())
+
+
+@pytest.mark.parametrize("lib", ["torch", "jax", "numpy"])
+def test_half_reaches_the_core_without_a_copy(lib, core_calls, rng):
+    # bfloat16 logits are read in place (a uint16 view of their memory), and
+    # torch's in-place gradient is written there too.
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    x32 = make_logits(rng, (64, 500), np.float32)
+    t = make_targets(rng, (64,), 500)
+    if lib == "torch":
+        x, tl = torch.from_numpy(x32).bfloat16(), torch.from_numpy(t)
+        address = x.data_ptr()
+    elif lib == "jax":
+        x, tl = jnp.asarray(x32, jnp.bfloat16), jnp.asarray(t)
+        address = x.unsafe_buffer_pointer()
+    else:
+        x, tl = x32.astype(ml_dtypes.bfloat16), t
+        address = x.ctypes.data
+    xentc.cross_entropy(x, tl)
+    assert core_calls[-1][0] == address
+    if lib == "torch":
+        _, grad = xentc.cross_entropy_with_grad(x, tl, out=x)
+        assert grad is x and core_calls[-1] == (address, address)
+
+
+def test_half_of_a_library_without_a_bit_view(monkeypatch, rng):
+    # 16-bit floats that no bit view reaches (the CPU engine knows NumPy's,
+    # torch's and JAX's) are widened block by block in their own namespace:
+    # the same numbers.
+    from xentc._engines import cpu
+
+    x = torch.from_numpy(make_logits(rng, (300, 700), np.float32)).bfloat16()
+    t = torch.from_numpy(make_targets(rng, (300,), 700, ignore_index=-100))
+    want = xentc.cross_entropy_with_grad(x, t, label_smoothing=0.1, reduction="none")
+    monkeypatch.setattr(cpu, "_bits", lambda a: None)
+    got = xentc.cross_entropy_with_grad(x, t, label_smoothing=0.1, reduction="none")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------

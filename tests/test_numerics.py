@@ -238,3 +238,51 @@ def test_reference_per_isa(n_classes, soft, dtype, isa, rng):
             want, tol = ce_expected(x, t, dtype, reduction=red, weight=w, label_smoothing=smoothing)
             assert np.asarray(got).dtype == dtype
             assert_within(got, want, tol, f"{isa} {red} smoothing={smoothing}")
+
+
+# ---------------------------------------------------------------------------
+# 16-bit conversions of the C core (its float16 / bfloat16 rows), every ISA
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_half_widening_is_exact_for_every_value(kind, isa):
+    import ml_dtypes
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    dtype = np.float16 if kind == "float16" else ml_dtypes.bfloat16
+    want = bits.view(dtype).astype(np.float32)
+    got = xentc._core.half_to_f32(bits, kind == "bfloat16")
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    # NaN payloads and signs survive (the quiet bit set, as the hardware does)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_half_narrowing_rounds_to_nearest_even(kind, isa, rng):
+    import ml_dtypes
+
+    dtype = np.float16 if kind == "float16" else ml_dtypes.bfloat16
+    # every 16-bit value, the points halfway between neighbours (ties) and a
+    # hair either side of them, random bits, and the range's edges
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    with np.errstate(invalid="ignore"):  # the NaNs among the bits
+        exact = bits.view(dtype).astype(np.float64)
+        exact32 = exact.astype(np.float32)
+    ok = np.isfinite(exact)
+    lo, hi = exact[ok][:-1], exact[ok][1:]
+    mid = ((lo + hi) / 2)[np.sign(lo) == np.sign(hi)].astype(np.float32)  # exact
+    x = np.concatenate([exact32, mid, np.nextafter(mid, np.float32(np.inf)),
+                        np.nextafter(mid, np.float32(-np.inf))])
+    x = np.concatenate([x, rng.integers(0, 1 << 32, 200_000, dtype=np.uint64)
+                        .astype(np.uint32).view(np.float32),
+                        np.array([65504, 65519.99, 65520, 1e6, -1e6, 3e38, 1e-8, -1e-8,
+                                  2.0 ** -25, 2.0 ** -24, 1.5 * 2.0 ** -24, np.inf, -np.inf,
+                                  np.nan, 0.0, -0.0], np.float32)])
+    got = xentc._core.f32_to_half(x, kind == "bfloat16").view(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf, NaN: as wanted
+        want = x.astype(dtype)  # NumPy's and ml_dtypes' casts round to nearest even
+    nan = np.isnan(want.astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan)
+    np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])

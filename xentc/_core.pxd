@@ -33,6 +33,8 @@ cdef extern from "xentc.h" nogil:
     int XENTC_OK, XENTC_ERR_TARGET, XENTC_ERR_ARG, XENTC_ERR_ISA, XENTC_ERR_MEMORY
     int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row)
     int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+    int xentc_rows_f16(const xentc_rows *rows, int n_threads, int64_t *bad_row)
+    int xentc_rows_bf16(const xentc_rows *rows, int n_threads, int64_t *bad_row)
     ctypedef struct xentc_proba:
         int64_t n_rows
         int64_t n_classes
@@ -56,3 +58,5 @@ cdef extern from "xentc.h" nogil:
     int xentc_set_isa(const char *name)
     void xentc_exp_f32(const float *inp, float *out, int64_t n)
     void xentc_exp_f64(const double *inp, double *out, int64_t n)
+    void xentc_half_to_f32(const void *inp, float *out, int64_t n, int bf16)
+    void xentc_f32_to_half(const float *inp, void *out, int64_t n, int bf16)

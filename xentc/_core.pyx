@@ -7,8 +7,16 @@ contiguous classes, int64 targets, weights in the logits' dtype). The C
 declarations are in ``_core.pxd``.
 """
 import numpy as np
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from cython cimport floating
+
+
+# What rows of logits hold: float32, float64, or 16-bit floats (float16 or
+# bfloat16, which NumPy reads as uint16: it has no bfloat16).
+ctypedef fused stored:
+    float
+    double
+    uint16_t
 
 
 # RowJob.out_kind -> xentc_out_kind
@@ -44,7 +52,7 @@ cdef const void *_vector(str name, const floating[::1] a, int64_t n) except? NUL
     return &a[0] if n > 0 else NULL
 
 
-cdef const void *_matrix(str name, const floating[:, :] a, int64_t n, int64_t c,
+cdef const void *_matrix(str name, const stored[:, :] a, int64_t n, int64_t c,
                          int64_t *stride) except? NULL:
     """Data and row stride of an (n, c) array with contiguous rows; NULL for None or empty."""
     if a is None:
@@ -53,11 +61,11 @@ cdef const void *_matrix(str name, const floating[:, :] a, int64_t n, int64_t c,
         raise ValueError(f"{name} must have shape ({n}, {c}), got ({a.shape[0]}, {a.shape[1]})")
     if n == 0 or c == 0:
         return NULL
-    stride[0] = _row_stride(name, a.strides, sizeof(floating), c)
+    stride[0] = _row_stride(name, a.strides, sizeof(stored), c)
     return &a[0, 0]
 
 
-def rows(job):
+def rows(job, half=None):
     """Run the fused row kernel over every row of ``job.x``; see ``xentc_rows`` in xentc.h.
 
     Parameters
@@ -66,12 +74,16 @@ def rows(job):
         Of NumPy arrays laid out for the C API: float32 or float64 `x`
         (`soft`, `out` alike, `weight` and `grad_row_scale` in x's dtype),
         int64 `target`; `out` is required for a second result.
+    half : {None, "float16", "bfloat16"}
+        16-bit rows: `x`, `soft` and `out` are uint16 arrays holding the bits
+        of such floats, `weight` and `grad_row_scale` are float32.
 
     Returns
     -------
     tuple
-        ``(loss, lse)``: new (M,) arrays in x's dtype, None where not asked
-        for; the second result is written into ``job.out``.
+        ``(loss, lse)``: new (M,) arrays in x's dtype (float32 for 16-bit
+        rows), None where not asked for; the second result is written into
+        ``job.out``.
 
     Raises
     ------
@@ -79,27 +91,33 @@ def rows(job):
         For a target outside ``[0, C)`` that is not ``job.ignore_index``.
     """
     x = job.x
+    if half is not None:
+        if half not in ("float16", "bfloat16"):
+            raise ValueError(f"half must be 'float16' or 'bfloat16', got {half!r}")
+        return _rows[uint16_t](job, x, half == "bfloat16")
     if x.dtype == np.float32:
-        return _rows[float](job, x)
-    return _rows[double](job, x)
+        return _rows[float](job, x, False)
+    return _rows[double](job, x, False)
 
 
-cdef tuple _rows(job, const floating[:, :] x):
-    """`rows` for one dtype: each field of `job` into its field of the C struct."""
+cdef const void *_sums_vector(str name, a, int64_t n, bint single) except? NULL:
+    """`_vector` of the dtype the sums run in: float32 (single) or float64."""
+    return _vector[float](name, a, n) if single else _vector[double](name, a, n)
+
+
+cdef tuple _rows(job, const stored[:, :] x, bint bf16):
+    """`rows` for one storage: each field of `job` into its field of the C struct."""
     cdef xentc_rows r
     cdef int64_t n = x.shape[0], c = x.shape[1], bad = -1
     cdef int status
     cdef const int64_t[::1] target = job.target
-    cdef const floating[:, :] soft = job.soft
-    cdef const floating[::1] weight = job.weight
-    cdef const floating[::1] grad_row_scale = job.grad_row_scale
-    cdef floating[:, :] out = job.out
-    cdef floating[::1] loss_view = None, lse_view = None
+    cdef const stored[:, :] soft = job.soft
+    cdef stored[:, :] out = job.out
     cdef int n_threads = 0 if job.n_threads is None else job.n_threads
-    dtype = np.float32 if floating is float else np.float64
+    cdef bint single = stored is not double
+    dtype = np.float32 if single else np.float64
     loss = np.empty(n, dtype) if job.has_loss else None
     lse = np.empty(n, dtype) if job.want_lse else None
-    loss_view, lse_view = loss, lse
     r.n_rows = n
     r.n_classes = c
     r.x_stride = c
@@ -108,14 +126,14 @@ cdef tuple _rows(job, const floating[:, :] x):
     r.x = _matrix("input", x, n, c, &r.x_stride)
     r.target = _targets(target, n)
     r.soft = _matrix("target", soft, n, c, &r.soft_stride)
-    r.weight = _vector("weight", weight, c)
+    r.weight = _sums_vector("weight", job.weight, c, single)
     r.ignore_index = job.ignore_index
     r.label_smoothing = job.label_smoothing
     r.logit_scale = job.logit_scale
     r.softcap = 0.0 if job.softcap is None else job.softcap
     r.lse_square_scale = job.lse_square_scale
-    r.loss = <void *>_vector("loss", loss_view, n)
-    r.lse = <void *>_vector("lse", lse_view, n)
+    r.loss = <void *>_sums_vector("loss", loss, n, single)
+    r.lse = <void *>_sums_vector("lse", lse, n, single)
     r.out_kind = _OUT_KINDS[job.out_kind]
     r.out = NULL
     if r.out_kind != XENTC_OUT_NONE:
@@ -123,12 +141,16 @@ cdef tuple _rows(job, const floating[:, :] x):
             raise ValueError("out is required for this out_kind")
         r.out = <void *>_matrix("out", out, n, c, &r.out_stride)
     r.grad_scale = job.grad_scale
-    r.grad_row_scale = _vector("grad_output", grad_row_scale, n)
+    r.grad_row_scale = _sums_vector("grad_output", job.grad_row_scale, n, single)
     with nogil:
-        if floating is float:
+        if stored is float:
             status = xentc_rows_f32(&r, n_threads, &bad)
-        else:
+        elif stored is double:
             status = xentc_rows_f64(&r, n_threads, &bad)
+        elif bf16:
+            status = xentc_rows_bf16(&r, n_threads, &bad)
+        else:
+            status = xentc_rows_f16(&r, n_threads, &bad)
     _check(status, target, bad, c)
     return loss, lse
 
@@ -200,6 +222,27 @@ def exp(const floating[::1] a):
             xentc_exp_f32(&a[0], &out[0], a.shape[0])
         else:
             xentc_exp_f64(&a[0], &out[0], a.shape[0])
+    return res
+
+
+def half_to_f32(const uint16_t[::1] bits, bint bf16):
+    """16-bit floats (their bits) widened to float32 by the active ISA's conversion."""
+    res = np.empty(bits.shape[0], np.float32)
+    cdef float[::1] out = res
+    if bits.shape[0]:
+        with nogil:
+            xentc_half_to_f32(&bits[0], &out[0], bits.shape[0], bf16)
+    return res
+
+
+def f32_to_half(const float[::1] a, bint bf16):
+    """float32 values narrowed to 16-bit floats (their bits, rounded to nearest even)
+    by the active ISA's conversion."""
+    res = np.empty(a.shape[0], np.uint16)
+    cdef uint16_t[::1] out = res
+    if a.shape[0]:
+        with nogil:
+            xentc_f32_to_half(&a[0], &out[0], a.shape[0], bf16)
     return res
 
 

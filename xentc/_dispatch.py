@@ -75,7 +75,10 @@ def isdtype(xp, dtype, kind):
     """``xp.isdtype``, cached: NumPy's costs microseconds a call."""
     try:
         return _isdtype(xp, dtype, kind)
-    except TypeError:  # an unhashable dtype
+    except TypeError:  # an unhashable dtype, or one NumPy's isdtype does not know
+        if str(dtype) == "bfloat16":  # ml_dtypes' bfloat16 NumPy arrays
+            return any(k in ("real floating", "numeric")
+                       for k in ((kind,) if isinstance(kind, str) else kind))
         return xp.isdtype(dtype, kind)
 
 

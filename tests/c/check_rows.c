@@ -1354,6 +1354,166 @@ static void check_exp(const dtype *t, const char *isa)
     end_case();
 }
 
+/* ------------------------------------------------------ 16-bit floats */
+
+/* A float16's value, from its fields (independent of the core's bit tricks). */
+static double f16_value(uint16_t h)
+{
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double mag = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY)
+                                                        : ldexp(1024 + m, e - 25);
+    return h & 0x8000 ? -mag : mag;
+}
+
+static double bf16_value(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The 16-bit float nearest to v (ties to the even one), by search over the
+   finite values of `value`, which are monotone in their bits per sign:
+   overflow past the largest finite value's half ulp gives inf. */
+static uint16_t nearest16(double v, double (*value)(uint16_t), uint16_t max_bits)
+{
+    if (v != v)
+        return 0x7fff; /* a NaN: only "is NaN" is compared */
+    const uint16_t sign = signbit(v) ? 0x8000 : 0;
+    const double a = fabs(v);
+    uint16_t lo = 0, hi = max_bits; /* largest bits with value <= a, by bisection */
+    if (a >= value(max_bits)) {
+        const double top = value(max_bits), next_gap = top - value((uint16_t)(max_bits - 1));
+        return (uint16_t)(sign | (a >= top + next_gap / 2 ? max_bits + 1 : max_bits));
+    }
+    while (hi - lo > 1) {
+        const uint16_t mid = (uint16_t)((lo + hi) / 2);
+        if (value(mid) <= a)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    const double dl = a - value(lo), dh = value(hi) - a;
+    return (uint16_t)(sign | (dl < dh || (dl == dh && !(lo & 1)) ? lo : hi));
+}
+
+/* The core's 16-bit conversions of the active ISA: every float16 and bfloat16
+   widened exactly; float32 values (every 16-bit value, the ties between
+   neighbours and a hair beside them, random bits) narrowed to nearest even.
+   Then 16-bit rows: xentc_rows_f16/bf16 give the float32 rows' loss and lse
+   of the widened logits bit for bit, and their gradient narrowed. */
+static void check_half(const char *isa)
+{
+    static const struct {
+        const char *name;
+        int bf16;
+        double (*value)(uint16_t);
+        uint16_t max_bits; /* largest finite positive value */
+        int (*rows)(const xentc_rows *, int, int64_t *);
+    } kinds[] = {{"float16", 0, f16_value, 0x7bff, xentc_rows_f16},
+                 {"bfloat16", 1, bf16_value, 0x7f7f, xentc_rows_bf16}};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        snprintf(where, sizeof where, "[%s %s conversions]", isa, kinds[k].name);
+        begin_case();
+        const int64_t n = 1 << 16;
+        uint16_t *bits = xmalloc(sizeof(uint16_t) * (size_t)n);
+        float *wide = xmalloc(sizeof(float) * (size_t)n);
+        for (int64_t i = 0; i < n; i++)
+            bits[i] = (uint16_t)i;
+        xentc_half_to_f32(bits, wide, n, kinds[k].bf16);
+        for (int64_t i = 0; i < n; i++) {
+            const double want = kinds[k].value((uint16_t)i);
+            if (!(wide[i] == want || (want != want && wide[i] != wide[i])) ||
+                (want == 0.0 && !signbit(wide[i]) != !signbit(want)))
+                mismatch("widen(0x%04x) = %.9g, want %.9g", (unsigned)i, wide[i], want);
+        }
+        /* narrowing: each value, the midpoints to the next (ties), beside them */
+        const int64_t m = 4 * n + 100000;
+        float *in = xmalloc(sizeof(float) * (size_t)m);
+        uint16_t *got = xmalloc(sizeof(uint16_t) * (size_t)m);
+        int64_t c = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const double v = kinds[k].value((uint16_t)i), w = kinds[k].value((uint16_t)(i + 1));
+            in[c++] = (float)v;
+            if (v == v && w == w && !isinf(v) && !isinf(w) && signbit(v) == signbit(w) && i + 1 < n) {
+                const float mid = (float)((v + w) / 2); /* exact in float32 */
+                in[c++] = mid;
+                in[c++] = nextafterf(mid, INFINITY);
+                in[c++] = nextafterf(mid, -INFINITY);
+            }
+        }
+        for (int64_t i = 0; i < 100000; i++) {
+            const uint32_t u = (uint32_t)rng_next();
+            memcpy(&in[c++], &u, sizeof u);
+        }
+        xentc_f32_to_half(in, got, c, kinds[k].bf16);
+        for (int64_t i = 0; i < c; i++) {
+            const uint16_t want = nearest16(in[i], kinds[k].value, kinds[k].max_bits);
+            const double gv = kinds[k].value(got[i]);
+            if (in[i] != in[i] ? gv == gv : got[i] != want)
+                mismatch("narrow(%.9g) = 0x%04x, want 0x%04x", in[i], got[i], want);
+        }
+        free(in);
+        free(got);
+        end_case();
+
+        /* rows: 16-bit logits against the float32 rows of their values */
+        snprintf(where, sizeof where, "[%s %s rows]", isa, kinds[k].name);
+        begin_case();
+        const int64_t R = 37, C = 1500, N = R * C;
+        uint16_t *x16 = xmalloc(sizeof(uint16_t) * (size_t)N), *g16 = xmalloc(2 * (size_t)N);
+        float *x32 = xmalloc(sizeof(float) * (size_t)N), *g32 = xmalloc(sizeof(float) * (size_t)N);
+        float *loss16 = xmalloc(sizeof(float) * R), *loss32 = xmalloc(sizeof(float) * R);
+        int64_t *target = xmalloc(sizeof(int64_t) * R);
+        for (int64_t i = 0; i < N; i++) {
+            const float v = (float)(3.0 * normal());
+            xentc_f32_to_half(&v, &x16[i], 1, kinds[k].bf16);
+        }
+        xentc_half_to_f32(x16, x32, N, kinds[k].bf16);
+        for (int64_t i = 0; i < R; i++)
+            target[i] = i % 5 == 0 ? -100 : (int64_t)(rng_next() % (uint64_t)C);
+        xentc_rows r = {0};
+        r.n_rows = R;
+        r.n_classes = C;
+        r.x_stride = r.out_stride = C;
+        r.target = target;
+        r.ignore_index = -100;
+        r.label_smoothing = 0.1;
+        r.softcap = 20.0;
+        r.out_kind = XENTC_OUT_GRAD;
+        r.grad_scale = 0.5;
+        r.x = x16;
+        r.out = g16;
+        r.loss = loss16;
+        check_status("16-bit rows", kinds[k].rows(&r, 2, NULL), XENTC_OK);
+        r.x = x32;
+        r.out = g32;
+        r.loss = loss32;
+        check_status("float32 rows", xentc_rows_f32(&r, 2, NULL), XENTC_OK);
+        for (int64_t i = 0; i < R; i++)
+            if (memcmp(&loss16[i], &loss32[i], sizeof(float)) != 0)
+                mismatch("row %" PRId64 ": loss %.9g, float32's %.9g", i, loss16[i], loss32[i]);
+        for (int64_t i = 0; i < N; i++) {
+            uint16_t want;
+            xentc_f32_to_half(&g32[i], &want, 1, kinds[k].bf16);
+            if (g16[i] != want)
+                mismatch("gradient %" PRId64 ": 0x%04x, float32's narrowed 0x%04x", i,
+                         g16[i], want);
+        }
+        free(x16);
+        free(g16);
+        free(x32);
+        free(g32);
+        free(loss16);
+        free(loss32);
+        free(target);
+        free(bits);
+        free(wide);
+        end_case();
+    }
+}
+
 /* ----------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
@@ -1406,6 +1566,7 @@ int main(int argc, char **argv)
             check_exp(&dtypes[d], isa);
         }
         check_targets_total(isa);
+        check_half(isa);
         printf("%-9s %" PRId64 " cases, %" PRId64 " failed (%" PRId64 " mismatches)\n", isa,
                n_cases, n_failed_cases, n_mismatches);
         snprintf(ran + strlen(ran), sizeof ran - strlen(ran), " %s", isa);

@@ -57,23 +57,65 @@ def _targets_vector(t):
     return t if t is None or t.dtype == np.int64 else t.astype(np.int64)
 
 
+def _half_kind(a):
+    """"float16" or "bfloat16" for an array of those, else None."""
+    name = str(a.dtype).rsplit(".", 1)[-1]
+    return name if name in ("float16", "bfloat16") else None
+
+
+def _bits(a):
+    """The 16-bit floats of the CPU array `a` as a NumPy uint16 array sharing its
+    memory (NumPy has no bfloat16), or None where its library gives no such view."""
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray):  # float16, or ml_dtypes' bfloat16
+        return a.view(np.uint16)
+    library = type(a).__module__.split(".")[0]
+    if library == "torch":
+        import torch
+        return np.from_dlpack(a.detach().view(torch.int16)).view(np.uint16)
+    if library in ("jax", "jaxlib"):  # immutable: a read-only view of its buffer
+        return np.asarray(a).view(np.uint16)
+    return None
+
+
+def _half_result(xp, like):
+    """A new array shaped and typed as the 16-bit `like` for the C core to write:
+    (its uint16 NumPy view, a function returning it in the caller's namespace)."""
+    if type(like).__module__.split(".")[0] in ("jax", "jaxlib"):  # immutable: filled, then cast
+        import jax
+        bits = np.empty(like.shape, np.uint16)
+        return bits, lambda: jax.lax.bitcast_convert_type(jax.numpy.asarray(bits), like.dtype)
+    res = xp.empty(like.shape, dtype=like.dtype, device=_device(like))
+    return _bits(res), lambda: res
+
+
 def rows(xp, job):
     """Per-row loss / lse / second result through the C core; see ``xentc._engines``."""
-    if job.x.dtype in (xp.float32, xp.float64):
-        out, hx = job.out, _host(job.x)
-        hout = None if out is None else _host(out)
-        if job.out_kind != "none" and out is None:
-            hout = np.empty(hx.shape, hx.dtype)
-        loss, lse = _host_rows(job, hx, _host(job.soft), hout)
-        res = None if job.out_kind == "none" else (out if out is not None else _back(xp, hout))
-    else:
+    half = None if job.x.dtype in (xp.float32, xp.float64) else _half_kind(job.x)
+    hx = _host(job.x) if half is None else _bits(job.x)
+    if half is not None and hx is None:  # a library without a bit view of its 16-bit floats
         loss, lse, res = _half_rows(xp, job)
+        return _back(xp, loss), _back(xp, lse), res
+    view = _host if half is None else _bits
+    out, hout, result = job.out, None, None
+    if out is not None:
+        hout = view(out)
+    elif job.out_kind != "none":
+        if half is None:
+            hout = np.empty(hx.shape, hx.dtype)
+            result = lambda: _back(xp, hout)  # noqa: E731
+        else:
+            hout, result = _half_result(xp, job.x)
+    loss, lse = _host_rows(job, hx, view(job.soft), hout, half)
+    res = None if job.out_kind == "none" else (out if out is not None else result())
     return _back(xp, loss), _back(xp, lse), res
 
 
-def _host_rows(job, x, soft, out):
-    """The C core on `job` with its (M, C) arrays given as NumPy `x`, `soft` and `out`;
-    writes `out` and returns (loss, lse) as NumPy arrays."""
+def _host_rows(job, x, soft, out, half=None):
+    """The C core on `job` with its (M, C) arrays given as NumPy `x`, `soft` and `out`
+    (uint16 bits of 16-bit floats with `half`, see ``_core.rows``); writes `out` and
+    returns (loss, lse) as NumPy arrays."""
     x = _rows_layout(x)
     dest = out
     if out is not None:
@@ -86,15 +128,16 @@ def _host_rows(job, x, soft, out):
     # (no copy for those that `targets` converted already).
     loss, lse = _core.rows(job.replace(
         x=x, target=_targets_vector(job.target), soft=_rows_layout(soft), weight=_vector(job.weight),
-        grad_row_scale=_vector(job.grad_row_scale), out=dest))
+        grad_row_scale=_vector(job.grad_row_scale), out=dest), half)
     if dest is not out:
         out[...] = dest
     return loss, lse
 
 
 def _half_rows(xp, job):
-    """float16 / bfloat16 rows: each block widened to float32 in the caller's
-    namespace (NumPy has no bfloat16), run, and its second result narrowed back."""
+    """float16 / bfloat16 rows of a library that gives no bit view of them
+    (`_bits`): each block widened to float32 in the caller's namespace, run,
+    and its second result narrowed back."""
     x = job.x
     n_rows, n_classes = x.shape
     loss = np.empty(n_rows, np.float32) if job.has_loss else None
