@@ -76,6 +76,9 @@ static const isa_entry isas[] = {
 #define N_ISAS ((int)(sizeof isas / sizeof isas[0]))
 
 static const isa_entry *active = NULL;
+/* The choice made at start-up (the best, lowered by XENTC_ISA), which
+   xentc_set_isa(NULL) returns to. */
+static const isa_entry *chosen = NULL;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 /* Set in a forked child: libgomp's thread pool does not survive fork(), and a
    parallel region in the child would wait forever for the parent's threads. */
@@ -95,14 +98,15 @@ static const isa_entry *best_isa(void)
 static void init(void)
 {
     pthread_atfork(NULL, NULL, on_fork_child);
-    active = best_isa();
+    chosen = best_isa();
     /* XENTC_ISA can only lower the choice (for testing and for CPUs whose
        wide units down-clock); an unknown or unsupported name is ignored. */
     const char *env = getenv("XENTC_ISA");
     if (env && *env)
-        for (int k = 0; k < N_ISAS && &isas[k] <= active; k++)
+        for (int k = 0; k < N_ISAS && &isas[k] <= chosen; k++)
             if (strcmp(isas[k].name, env) == 0)
-                active = &isas[k];
+                chosen = &isas[k];
+    active = chosen;
 }
 
 static const isa_entry *get_active(void)
@@ -115,7 +119,7 @@ int xentc_set_isa(const char *name)
 {
     pthread_once(&init_once, init);
     if (!name || !*name) {
-        active = best_isa();
+        active = chosen;
         return XENTC_OK;
     }
     for (int k = 0; k < N_ISAS; k++)
@@ -286,15 +290,20 @@ static int run_rows(const xentc_rows *rows, int n_threads, int64_t *bad_row, xen
     if (norm.logit_scale == 0.0)
         norm.logit_scale = 1.0;
     const xentc_rows *r = &norm;
-    if (r->n_rows < 0 || r->n_classes < 1 || (r->n_rows > 0 && !r->x) ||
-        (r->target && r->soft) || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
-        (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft) ||
+    if (r->n_rows < 0 || r->n_classes < 1 || (r->target && r->soft) ||
         !(r->logit_scale > 0.0 && isfinite(r->logit_scale)) ||
         !(r->softcap >= 0.0 && isfinite(r->softcap)) ||
         !(r->lse_square_scale >= 0.0 && isfinite(r->lse_square_scale)))
         return XENTC_ERR_ARG;
+    /* No rows: nothing to read or write, so the per-row pointers may be NULL
+       (xentc.h); the Cython adapter passes NULL for every empty array. */
+    if (r->n_rows == 0)
+        return XENTC_OK;
+    if (!r->x || (r->out_kind != XENTC_OUT_NONE && !r->out) ||
+        (r->out_kind == XENTC_OUT_GRAD && !r->target && !r->soft))
+        return XENTC_ERR_ARG;
     rows_job job = {r, fn, NULL, scratch_bytes(r, elem_size, half), -1};
-    if (job.scratch_bytes > 0 && r->n_rows > 0) {
+    if (job.scratch_bytes > 0) {
         /* A buffer per thread, allocated once per call. */
         const int nt = thread_count(n_threads, chunk_count(r->n_rows, r->n_classes));
         job.scratch = malloc(job.scratch_bytes * (size_t)nt);

@@ -35,7 +35,8 @@ typedef enum {
 /*
  * One batch of rows. Pointers to floating data all have the entry point's
  * dtype (but see the 16-bit entry points). Strides are in elements. Unused
- * pointers are NULL.
+ * pointers are NULL; with n_rows == 0 any of the per-row ones (x, target,
+ * soft, loss, lse, out, grad_row_scale) may be NULL too.
  *
  * Each row is computed on z = softcap * tanh(logit_scale * x / softcap), or
  * z = logit_scale * x when softcap is 0; lse is the log-sum-exp of z. Row
@@ -114,7 +115,8 @@ int xentc_openmp_enabled(void);
 int xentc_default_threads(void);
 const char *xentc_compiled_isas(void); /* comma-separated, lowest first */
 const char *xentc_isa(void);           /* the ISA in use */
-/* Use the named ISA ("baseline", "avx2", "avx512"); NULL or "" = best. */
+/* Use the named ISA ("baseline", "avx2", "avx512"); NULL or "" = the start-up
+   choice: the best this CPU runs, lowered by the XENTC_ISA environment variable. */
 int xentc_set_isa(const char *name);
 
 /* The vectorized exp of the active ISA, for inputs <= 0 (testing aid). */

@@ -303,6 +303,6 @@ def isa(request):
 
 @pytest.fixture(autouse=True)
 def _restore_isa():
-    """Whatever a test does, leave the best ISA active for the next one."""
+    """Whatever a test does, leave the import-time ISA (XENTC_ISA's) active for the next one."""
     yield
     xentc._core.set_isa(None)

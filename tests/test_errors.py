@@ -25,6 +25,7 @@ def _mentions(*words):
 
 CE = xentc.cross_entropy
 NLL = xentc.nll_loss
+WG = xentc.cross_entropy_with_grad
 
 # id -> (call(backend), exception, match)
 ERRORS = {
@@ -121,6 +122,27 @@ ERRORS = {
     "log_softmax_n_threads": (lambda b: xentc.log_softmax(_x(3, 5), n_threads=0, backend=b), ValueError, None),
     "softmax_n_threads": (lambda b: xentc.softmax(_x(3, 5), n_threads=-1, backend=b), ValueError, None),
     "logsumexp_n_threads": (lambda b: xentc.logsumexp(_x(3, 5), n_threads=0, backend=b), ValueError, None),
+    # n_threads past a C int, ignore_index past int64: ValueError, not OverflowError
+    "n_threads_past_c_int": (
+        lambda b: CE(_x(3, 5), _t(0, 1, 2), n_threads=2**31, backend=b), ValueError, "n_threads"),
+    "with_grad_n_threads_past_c_int": (
+        lambda b: WG(_x(3, 5), _t(0, 1, 2), n_threads=2**31, backend=b), ValueError, "n_threads"),
+    "nll_n_threads_past_c_int": (
+        lambda b: NLL(_x(3, 5), _t(0, 1, 2), n_threads=2**31, backend=b), ValueError, "n_threads"),
+    "softmax_n_threads_past_c_int": (
+        lambda b: xentc.softmax(_x(3, 5), n_threads=2**31, backend=b), ValueError, "n_threads"),
+    "logsumexp_n_threads_past_c_int": (
+        lambda b: xentc.logsumexp(_x(3, 5), n_threads=2**31, backend=b), ValueError, "n_threads"),
+    "ignore_index_past_int64": (
+        lambda b: CE(_x(3, 5), _t(0, 1, 2), ignore_index=2**63, backend=b), ValueError, "ignore_index"),
+    "ignore_index_below_int64": (
+        lambda b: CE(_x(3, 5), _t(0, 1, 2), ignore_index=-2**63 - 1, backend=b), ValueError, "ignore_index"),
+    "with_grad_ignore_index_past_int64": (
+        lambda b: WG(_x(3, 5), _t(0, 1, 2), ignore_index=2**63, backend=b), ValueError, "ignore_index"),
+    "nll_ignore_index_past_int64": (
+        lambda b: NLL(_x(3, 5), _t(0, 1, 2), ignore_index=2**63, backend=b), ValueError, "ignore_index"),
+    "ignore_index_float": (
+        lambda b: CE(_x(3, 5), _t(0, 1, 2), ignore_index=float("inf"), backend=b), TypeError, "ignore_index"),
     # input dtype for the softmax family
     "log_softmax_int": (lambda b: xentc.log_softmax(np.zeros((3, 5), np.int32), backend=b), TypeError, None),
     "softmax_int": (lambda b: xentc.softmax(np.zeros((3, 5), np.int64), backend=b), TypeError, None),
@@ -164,7 +186,7 @@ def test_index_error_message_format(backend):
 def test_ignored_targets_may_be_any_value(backend):
     # ignore_index need not be a valid class, and is never range-checked.
     x = _x(3, 5) + np.arange(5, dtype=np.float32)
-    for ignore_index in (-100, -1, 5, 1000, 2**40):
+    for ignore_index in (-100, -1, 5, 1000, 2**40, -2**63, 2**63 - 1):
         t = np.array([ignore_index, 1, ignore_index])
         got = CE(x, t, ignore_index=ignore_index, reduction="none", backend=backend)
         assert got[0] == 0 and got[2] == 0 and got[1] > 0
@@ -176,7 +198,7 @@ def test_valid_boundaries_are_accepted(backend):
         CE(x, _t(0, 4), label_smoothing=smoothing, backend=backend)
     CE(x, _x(2, 5), ignore_index=-100, backend=backend)  # soft target with the default ignore_index
     CE(x, _x(2, 5), ignore_index=-1, backend=backend)  # negative ignore_index is allowed with soft targets
-    for n_threads in (1, 2, None, np.int64(2)):
+    for n_threads in (1, 2, None, np.int64(2), 2**31 - 1):  # capped by the rows' chunks
         CE(x, _t(0, 4), n_threads=n_threads, backend=backend)
     for smoothing in (1, 0, np.float32(0.25), np.float64(0.5)):  # any real number in [0, 1]
         CE(x, _t(0, 4), label_smoothing=smoothing, backend=backend)

@@ -375,6 +375,25 @@ def test_every_isa(n_classes, targets, isa, dtype, rng):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("out", [False, True], ids=["new", "out"])
+@pytest.mark.parametrize("targets", ["class", "soft"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(0, 5), (2, 5, 0)], ids=["0x5", "2x5x0"])
+def test_no_rows(shape, reduction, targets, out, dtype, backend):
+    """An empty batch gives torch's loss (mean NaN, sum 0, "none" empty) and an
+    empty gradient, with and without `out`."""
+    x = np.zeros(shape, dtype)
+    t = np.zeros(shape, dtype) if targets == "soft" else np.zeros(lead_shape(shape, None), np.int64)
+    buf = np.empty_like(x) if out else None
+    loss, grad = WITH_GRAD(x, t, reduction=reduction, out=buf, backend=backend)
+    check_arrays(loss, grad, x, reduction)
+    if out:
+        assert grad is buf
+    want_loss, want_grad = torch_reference(x, t, reduction=reduction)
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("layout", ["NC", "NCd1d2", "BTV"])

@@ -81,6 +81,16 @@ def test_logsumexp(case, keepdims, dtype, backend, rng):
     assert_within(got, t, tol, "vs torch (float64)")
 
 
+@pytest.mark.parametrize("fn", ["log_softmax", "softmax"])
+@pytest.mark.parametrize("shape, axis", [((0, 5), -1), ((0, 5, 3), 1), ((2, 0, 5), -1)],
+                         ids=["0x5", "0x5x3-axis1", "2x0x5"])
+def test_no_rows(fn, shape, axis, dtype, backend):
+    """Classes but no rows: an empty result, as torch's (the C core gets no buffers)."""
+    x = np.zeros(shape, dtype)
+    got = getattr(xentc, fn)(x, axis=axis, backend=backend)
+    check_out(got, TORCH[fn](torch.from_numpy(x), axis).numpy(), 0.0, dtype, shape)
+
+
 def test_default_axes(backend, rng):
     x = make_logits(rng, (3, 4, 5), np.float64)
     np.testing.assert_array_equal(xentc.log_softmax(x, backend=backend), xentc.log_softmax(x, -1, backend=backend))

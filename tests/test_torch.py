@@ -183,6 +183,20 @@ def test_gradcheck(layout, targets, backend, rng):
             (leaf(x),))
 
 
+@pytest.mark.parametrize("targets", ["class", "soft"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty_batch_backward(reduction, targets, backend):
+    """No rows: torch's loss (mean NaN, sum 0) and, through .backward(), an empty
+    gradient of the input's shape."""
+    x = np.zeros((0, 6))
+    t = torch.zeros(0, 6, dtype=torch.float64) if targets == "soft" else torch.zeros(0, dtype=torch.long)
+    kw = dict(target=t, reduction=reduction)
+    got_loss, got_grad = grads(lambda z, **k: xentc.cross_entropy(z, backend=backend, **k), x, kw)
+    want_loss, want_grad = grads(torch_ce, x, kw)
+    torch.testing.assert_close(got_loss, want_loss, equal_nan=True)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
 def test_non_leaf_input_chain_rule(backend, rng):
     """The gradient flows on through the graph that produced the logits."""
     x, kw = make_problem(rng, "NC", "ignored", weighted=True, smoothing=0.1)

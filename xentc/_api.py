@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from . import _dispatch
 from ._args import class_axis as _class_axis
+from ._args import ignore_index as _ignore_index
 from ._args import n_threads as _n_threads
 from ._engines import RowJob
 
@@ -381,6 +382,7 @@ class LossCall:
         label_smoothing = float(label_smoothing)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}")
+        ignore_index = _ignore_index(ignore_index)
         logit_scale, softcap, zls = row_options(logit_scale, softcap, lse_square_scale)
         xp, x, ax, lead_shape, w, n_threads, engine = _prepare(
             input, target, weight, reduction, axis, n_threads, backend, sample_weight)
@@ -571,6 +573,7 @@ def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_in
         from . import _dask
         return _dask.nll_loss(input, target, weight, ignore_index, reduction, axis=axis,
                               n_threads=n_threads, backend=backend)
+    ignore_index = _ignore_index(ignore_index)
     xp, x, _, lead_shape, w, _, engine = _prepare(
         input, target, weight, reduction, axis, n_threads, backend)
     t = _class_targets(xp, target, lead_shape, x.shape[1])

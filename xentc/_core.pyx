@@ -267,7 +267,8 @@ def get_isa():
 
 
 def set_isa(name=None):
-    """Use the named ISA (one of compiled_isas() that this CPU runs); None = best."""
+    """Use the named ISA (one of compiled_isas() that this CPU runs); None = the
+    import-time choice: the best this CPU runs, lowered by ``XENTC_ISA``."""
     cdef bytes b = b"" if name is None else str(name).encode()
     if xentc_set_isa(b) != XENTC_OK:
         raise ValueError(f"ISA {name!r} is not compiled in or not supported by this CPU "

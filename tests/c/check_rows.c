@@ -1187,6 +1187,11 @@ static void check_bad_targets(const dtype *t, const char *isa)
     a.n_rows = 0;
     a.x = NULL;
     check_status("no rows", t->rows(&a, 1, &bad), XENTC_OK);
+    /* nor any other per-row buffer: an empty gradient has no target or out */
+    a.target = NULL;
+    a.loss = NULL;
+    a.out_kind = XENTC_OUT_GRAD;
+    check_status("no rows, no buffers", t->rows(&a, 1, &bad), XENTC_OK);
     end_case();
     free(x);
     free(loss);
