@@ -952,11 +952,11 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 }
 
 /*
- * Narrow rows (a handful of classes) when only loss / lse are asked for: one
- * vector lane per row, so the max, the exps and the sums of NL rows run side
- * by side with no per-row horizontal work. Column k of the NL rows is
- * gathered once (the rows are in L1 after the first column) and kept for
- * both the max and the exps.
+ * Narrow rows (a handful of classes) for loss, lse and the gradient of class
+ * targets without smoothing: one vector lane per row, so the max, the exps
+ * and the sums of NL rows run side by side with no per-row horizontal work.
+ * Column k of the NL rows is gathered once (the rows are in L1 after the
+ * first column) and kept for both the max and the exps.
  */
 #define NARROW_C ((int64_t)16)
 
@@ -970,8 +970,8 @@ static inline VT XENTC_FN(column)(const TYPE *x, int64_t stride, int64_t k)
 
 /* Row maxima m and excess sums (sum exp(x - m)) - 1 of NL rows from x,
    one row per lane. */
-static inline void XENTC_FN(narrow_sums)(const TYPE *x, int64_t stride, int64_t C,
-                                         double *md, double *excess)
+static inline __attribute__((always_inline)) void XENTC_FN(narrow_sums)(
+    const TYPE *x, int64_t stride, int64_t C, double *md, double *excess, VT *ex)
 {
     const VT minus_one = XENTC_FN(splat)(-1);
     VT col[NARROW_C];
@@ -998,8 +998,11 @@ static inline void XENTC_FN(narrow_sums)(const TYPE *x, int64_t stride, int64_t 
             d[u] = col[k + u] - m;
             top[u] = (VT)((d[u] == 0) & (VIT)minus_one);
         }
-        XENTC_FN(vexp_n)(d, 4, EXP_CLAMP, NULL);
+        /* kept exps (ex, for a gradient) are values a caller sees: exp(-inf) = 0 */
+        XENTC_FN(vexp_n)(d, 4, ex ? EXP_FLUSH : EXP_CLAMP, NULL);
         for (int u = 0; u < 4; u++) {
+            if (ex)
+                ex[k + u] = d[u];
             s += d[u] + top[u];
             ones -= top[u];
         }
@@ -1007,7 +1010,10 @@ static inline void XENTC_FN(narrow_sums)(const TYPE *x, int64_t stride, int64_t 
     for (; k < C; k++) {
         const VT d = col[k] - m;
         const VT top = (VT)((d == 0) & (VIT)minus_one);
-        s += XENTC_FN(vexp)(d) + top;
+        const VT e = XENTC_FN(vexp)(d);
+        if (ex)
+            ex[k] = e;
+        s += e + top;
         ones -= top;
     }
     for (int64_t l = 0; l < NL; l++) {
@@ -1021,6 +1027,37 @@ static inline void XENTC_FN(narrow_sums)(const TYPE *x, int64_t stride, int64_t 
    groups of rows instead of waiting on one group's chain of latencies. */
 #define NARROW_BATCH ((int64_t)64)
 
+/*
+ * The gradient of NL narrow rows from their kept exps ex (one vector per
+ * class, a row per lane): p = e * exp(-ls), out = alpha * p, less gamma at
+ * the target (no smoothing on this path: beta = 0), written column by
+ * column. alpha and gamma as finish() sets them for class targets.
+ */
+static inline __attribute__((always_inline)) void XENTC_FN(narrow_grad)(
+    const xentc_rows *r, int64_t i, const VT *ex, const double *md, const double *ls)
+{
+    const int64_t C = r->n_classes, stride = r->out_stride;
+    const TYPE *const w = (const TYPE *)r->weight, *const grs = (const TYPE *)r->grad_row_scale;
+    TYPE *const out = (TYPE *)r->out + i * stride;
+    VT nls, alpha, gamma;
+    for (int64_t l = 0; l < NL; l++) {
+        const int64_t y = r->target[i + l];
+        const double g = r->grad_scale * (grs ? (double)grs[i + l] : 1.0);
+        const double wy = w ? (double)w[y] : 1.0;
+        nls[l] = (TYPE)-ls[l];
+        gamma[l] = (TYPE)(g * wy);
+        alpha[l] = (TYPE)(g * (wy + 2.0 * r->lse_square_scale * (md[l] + ls[l])));
+    }
+    const VT scale = alpha * XENTC_FN(vexp)(nls);
+    for (int64_t k = 0; k < C; k++) {
+        const VT o = ex[k] * scale;
+        for (int64_t l = 0; l < NL; l++)
+            out[l * stride + k] = o[l];
+    }
+    for (int64_t l = 0; l < NL; l++)
+        out[l * stride + r->target[i + l]] -= gamma[l];
+}
+
 static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 {
     /* Locals, not r->...: the stores to loss could alias r for all the
@@ -1031,11 +1068,18 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
     const double zls = r->lse_square_scale;
     TYPE *const loss = (TYPE *)r->loss, *const lse = (TYPE *)r->lse;
     double md[NARROW_BATCH], excess[NARROW_BATCH], ls[NARROW_BATCH];
+    const int grad = r->out_kind == XENTC_OUT_GRAD;
+    VT ex[NARROW_BATCH / NL * NARROW_C]; /* the gradient's kept exps, per group */
     int64_t i = i0;
     while (i1 - i >= NL) {
         const int64_t n = i1 - i < NARROW_BATCH ? (i1 - i) / NL * NL : NARROW_BATCH;
-        for (int64_t g = 0; g < n; g += NL)
-            XENTC_FN(narrow_sums)(x0 + (i + g) * stride, stride, C, md + g, excess + g);
+        for (int64_t g = 0; g < n; g += NL) /* two calls: the forward's without ex */
+            if (grad)
+                XENTC_FN(narrow_sums)(x0 + (i + g) * stride, stride, C, md + g, excess + g,
+                                      ex + g / NL * NARROW_C);
+            else
+                XENTC_FN(narrow_sums)(x0 + (i + g) * stride, stride, C, md + g, excess + g,
+                                      NULL);
         xentc_log1p_array(excess, ls, n, LOG1P_TOP);
         /* finish() reduced to what these rows need (no smoothing, no second
            result), a loop without branches: at ten classes finish()'s
@@ -1045,6 +1089,11 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         int special = 0;
         for (int64_t l = 0; l < n; l++)
             special |= isinf(md[l]) | (target && target[i + l] == ignore);
+        if (special && grad) { /* the general path, gradient and all */
+            XENTC_FN(short_rows)(r, i, i + n);
+            i += n;
+            continue;
+        }
         if (special) {
             for (int64_t l = 0; l < n; l++) {
                 XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i + l);
@@ -1063,6 +1112,10 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             if (lse)
                 for (int64_t l = 0; l < n; l++)
                     lse[i + l] = (TYPE)(md[l] + ls[l]);
+            /* after the loss, which read x[y]: out may be x */
+            if (grad)
+                for (int64_t g = 0; g < n; g += NL)
+                    XENTC_FN(narrow_grad)(r, i + g, ex + g / NL * NARROW_C, md + g, ls + g);
         }
         i += n;
     }
@@ -1075,7 +1128,8 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 static void XENTC_FN(plain_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 {
     const int lin = r->soft != NULL || (r->target && r->label_smoothing > 0.0);
-    if (r->n_classes <= NARROW_C && !lin && r->out_kind == XENTC_OUT_NONE) {
+    if (r->n_classes <= NARROW_C && !lin &&
+        (r->out_kind == XENTC_OUT_NONE || (r->out_kind == XENTC_OUT_GRAD && r->target))) {
         XENTC_FN(narrow_rows)(r, i0, i1);
         return;
     }
