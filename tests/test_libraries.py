@@ -533,7 +533,7 @@ def test_half_of_a_library_without_a_bit_view(monkeypatch, rng):
     x = torch.from_numpy(make_logits(rng, (300, 700), np.float32)).bfloat16()
     t = torch.from_numpy(make_targets(rng, (300,), 700, ignore_index=-100))
     want = xentc.cross_entropy_with_grad(x, t, label_smoothing=0.1, reduction="none")
-    monkeypatch.setattr(cpu, "_bits", lambda a: None)
+    monkeypatch.setattr(cpu, "_bits", lambda a: None)  # _widened_rows then
     got = xentc.cross_entropy_with_grad(x, t, label_smoothing=0.1, reduction="none")
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)

@@ -92,11 +92,14 @@ def _half_result(xp, like):
 
 def rows(xp, job):
     """Per-row loss / lse / second result through the C core; see ``xentc._engines``."""
-    half = None if job.x.dtype in (xp.float32, xp.float64) else _half_kind(job.x)
-    hx = _host(job.x) if half is None else _bits(job.x)
-    if half is not None and hx is None:  # a library without a bit view of its 16-bit floats
-        loss, lse, res = _half_rows(xp, job)
-        return _back(xp, loss), _back(xp, lse), res
+    if job.x.dtype in (xp.float32, xp.float64):
+        half, hx = None, _host(job.x)
+    else:
+        half = _half_kind(job.x)
+        hx = None if half is None else _bits(job.x)
+        if hx is None:  # other floats, or a library without a bit view of its 16-bit ones
+            loss, lse, res = _widened_rows(xp, job)
+            return _back(xp, loss), _back(xp, lse), res
     view = _host if half is None else _bits
     out, hout, result = job.out, None, None
     if out is not None:
@@ -134,10 +137,10 @@ def _host_rows(job, x, soft, out, half=None):
     return loss, lse
 
 
-def _half_rows(xp, job):
-    """float16 / bfloat16 rows of a library that gives no bit view of them
-    (`_bits`): each block widened to float32 in the caller's namespace, run,
-    and its second result narrowed back."""
+def _widened_rows(xp, job):
+    """Rows of floats the C core does not read (say float8; or float16 / bfloat16
+    of a library that gives no bit view of them, see `_bits`): each block widened
+    to float32 in the caller's namespace, run, and its second result narrowed back."""
     x = job.x
     n_rows, n_classes = x.shape
     loss = np.empty(n_rows, np.float32) if job.has_loss else None
