@@ -2,7 +2,7 @@
 
 Needs xentc with Dask's array and distributed packages::
 
-    pip install "xentc[dask]" "dask[distributed]"
+    pip install "xentc[dask]"
 
 Run from anywhere::
 
@@ -350,7 +350,7 @@ def main(argv=None):
         import psutil  # a dependency of distributed
         from dask.utils import format_bytes, parse_bytes
     except ImportError as exc:
-        parser.error(f'{exc}: this example needs pip install "xentc[dask]" "dask[distributed]"')
+        parser.error(f'{exc}: this example needs pip install \"xentc[dask]\"')
 
     cores = available_cores()
     memory = psutil.virtual_memory().total

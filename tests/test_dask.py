@@ -305,3 +305,15 @@ def test_on_a_local_cluster_of_worker_processes(cluster_client, rng):
     with dask.config.set(scheduler=cluster_client.get):
         got = xentc.log_loss(chunked(y, 200), chunked(p, 77))
     assert math.isclose(got, sk_log_loss(y, p), rel_tol=1e-12)
+
+
+def test_log_loss_arguments_checked_and_y_pred_renamed(rng):
+    # The Dask path checks what the in-memory one checks, after the
+    # deprecated y_pred= has become y_proba.
+    p = rng.dirichlet(np.ones(C), 60)
+    y = rng.integers(0, C, 60)
+    with pytest.raises(ValueError, match="normalize"):
+        xentc.log_loss(chunked(y, 20), chunked(p, 20), normalize="x")
+    with pytest.warns(FutureWarning):
+        got = xentc.log_loss(chunked(y, 20), y_pred=chunked(p, 20))
+    assert math.isclose(got, sk_log_loss(y, p), rel_tol=1e-12)

@@ -122,14 +122,14 @@ def log_loss(y_true, y_proba=None, *, normalize=True, sample_weight=None, labels
     >>> round(log_loss([1, 0, 2], [[.2, .7, .1], [.6, .2, .2], [.6, .1, .3]]), 7)
     0.6904911
     """
+    _check_params(y_true, y_proba, normalize, sample_weight, labels, y_pred, from_logits)
+    y_proba = _renamed(y_proba, y_pred)
+    n_threads = _n_threads(n_threads)
     if _dispatch.is_dask(y_proba):  # chunk by chunk, exact sums
         from . import _dask
         return _dask.log_loss(y_true, y_proba, normalize=normalize, sample_weight=sample_weight,
                               labels=labels, from_logits=from_logits, n_threads=n_threads,
                               backend=backend)
-    _check_params(y_true, y_proba, normalize, sample_weight, labels, y_pred, from_logits)
-    y_proba = _renamed(y_proba, y_pred)
-    n_threads = _n_threads(n_threads)
     xp, p = _float_array(y_proba)
     engine = _dispatch.engine_for(xp, p, backend)
     xy, y = _as_array(y_true)
