@@ -8,9 +8,12 @@ import io
 import json
 import mmap
 import os
+import shutil
+import site
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +53,28 @@ def test_info_json(tmp_path):
     assert info["isa"] in info["compiled_isas"]
     assert info["array_libraries"]["numpy"] == np.__version__
     assert isinstance(info["opencl_devices"], (list, str))
+
+
+@pytest.mark.parametrize("command", [["-m", "xentc", "info"], ["-m", "xentc", "bench"],
+                                     ["-c", "import xentc"]], ids=["info", "bench", "import"])
+def test_source_tree_says_what_to_do(tmp_path, command):
+    """From the repository's root after `pip install .`, the source folder (no
+    compiled core in it) shadows the installed package: the ImportError says so
+    and what to do, instead of "cannot import name '_core'". Here: a copy of the
+    source folder, and an interpreter that does not run site's .pth files (an
+    editable install's import hook would find the built package first)."""
+    source = Path(__file__).resolve().parents[1] / "xentc"
+    if not (source / "_core.pyx").exists():
+        pytest.skip("no source tree beside the tests (a wheel's test run)")
+    shutil.copytree(source, tmp_path / "xentc",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *site.getsitepackages()]))
+    proc = subprocess.run([sys.executable, "-S", *command], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: you are importing xentc from its source tree"), last
+    assert "run Python from another folder" in last and "editable" in last, last
 
 
 @pytest.mark.parametrize("breakage", ["raises", "missing"])

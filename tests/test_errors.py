@@ -202,3 +202,52 @@ def test_valid_boundaries_are_accepted(backend):
         CE(x, _t(0, 4), n_threads=n_threads, backend=backend)
     for smoothing in (1, 0, np.float32(0.25), np.float64(0.5)):  # any real number in [0, 1]
         CE(x, _t(0, 4), label_smoothing=smoothing, backend=backend)
+
+
+# ---------------------------------------------------------------------------
+# arrays that are missing, not arrays, or of different libraries: the
+# namespace is resolved in one place (_dispatch.namespace), which names them
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: CE(None, _t(0, 1, 2)), "input"),
+    (lambda: CE(_x(3, 5), None), "target"),
+    (lambda: CE([[0.1, 0.9]], _t(1)), "input"),
+    (lambda: CE(_x(3, 5), 2), "target"),
+    (lambda: NLL(None, _t(0, 1, 2)), "input"),
+    (lambda: WG(None, _t(0, 1, 2)), "input"),
+    (lambda: xentc.softmax(None), "x"),
+    (lambda: xentc.logsumexp([1.0, 2.0]), "x"),
+    (lambda: xentc.linear_cross_entropy(_x(3, 4), None, _t(0, 1, 2)), "linear_weight"),
+], ids=["ce_input_none", "ce_target_none", "ce_input_list", "ce_target_int", "nll_input_none",
+        "with_grad_input_none", "softmax_none", "logsumexp_list", "linear_weight_none"])
+def test_a_missing_or_non_array_argument_is_named(call, name):
+    with pytest.raises(TypeError, match=rf"^`{name}` must be an array \(NumPy, torch"):
+        call()
+
+
+def test_optional_arrays_may_be_none():
+    got = CE(_x(3, 5), _t(0, 1, 2), None, sample_weight=None, reduction="none")
+    np.testing.assert_allclose(got, np.log(5), rtol=1e-6)
+
+
+def test_arrays_of_different_libraries_are_named():
+    torch = pytest.importorskip("torch")
+    x, t, w = _x(3, 5), _t(0, 1, 2), np.ones(5, np.float32)
+    with pytest.raises(TypeError) as info:
+        CE(torch.from_numpy(x), t)
+    msg = str(info.value)
+    assert "Multiple namespaces" not in msg
+    assert msg.startswith("arrays of different libraries: `input` is a torch array, "
+                          "`target` is a numpy array"), msg
+    assert "pass `target` as torch array too, e.g. torch.asarray(target)" in msg, msg
+    with pytest.raises(TypeError, match=_mentions("`input` and `target` are numpy arrays",
+                                                  "`weight` is a torch array",
+                                                  "numpy.asarray(weight)")):
+        CE(x, t, torch.from_numpy(w))
+    with pytest.raises(TypeError, match=_mentions("`sample_weight` is a torch array")):
+        CE(x, t, sample_weight=torch.ones(3))
+    # What the message says to do works.
+    want = CE(torch.from_numpy(x), torch.from_numpy(t))
+    assert float(CE(torch.from_numpy(x), torch.asarray(t))) == float(want)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,8 +79,7 @@ def test_show_config(capsys):
     assert isinstance(cfg, dict)
     assert {"version", "openmp", "compiled_isas", "isa", "threads"} <= set(cfg)
     assert isinstance(cfg["version"], str) and cfg["version"]
-    if hasattr(xentc, "__version__"):
-        assert cfg["version"] == xentc.__version__
+    assert cfg["version"] == xentc.__version__
     assert isinstance(cfg["openmp"], bool)
     assert cfg["openmp"] == bool(xentc._core.openmp_enabled())
     assert isinstance(cfg["compiled_isas"], list) and all(isinstance(s, str) for s in cfg["compiled_isas"])
@@ -88,6 +91,23 @@ def test_show_config(capsys):
     assert printed.strip(), "show_config() should print the configuration"
     for value in (cfg["version"], cfg["isa"]):
         assert value in printed
+
+
+def test_version_is_the_projects():
+    """`xentc.__version__` is the installed distribution's, which is the one that
+    pyproject.toml and meson.build declare (those two must agree)."""
+    assert xentc.__version__ == importlib.metadata.version("xentc")
+    root = Path(__file__).resolve().parents[1]
+    declared = {}
+    if (root / "pyproject.toml").exists():  # the wheel's test run copies it; not meson.build
+        declared["pyproject.toml"] = tomllib.loads(
+            (root / "pyproject.toml").read_text())["project"]["version"]
+    if (root / "meson.build").exists():
+        declared["meson.build"] = re.search(r"project\([^)]*?version:\s*'([^']+)'",
+                                            (root / "meson.build").read_text()).group(1)
+    if not declared:
+        pytest.skip("no pyproject.toml or meson.build beside the tests")
+    assert set(declared.values()) == {xentc.__version__}, declared
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="OpenMP is required on the Linux builds")

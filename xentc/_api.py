@@ -154,7 +154,8 @@ def _sample_weight(xp, sample_weight, lead_shape, dtype):
 
 def _prepare(input, target, weight, reduction, axis, n_threads, backend, sample_weight=None):
     """Checks shared by the losses; the logits as (rows, classes) and the engine."""
-    xp = _dispatch.namespace(input, target, weight, sample_weight)
+    xp = _dispatch.namespace(input=input, target=target,
+                             optional={"weight": weight, "sample_weight": sample_weight})
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}")
     n_threads = _n_threads(n_threads)
@@ -591,7 +592,7 @@ def nll_loss(input: Array, target: Array, weight: Array | None = None, ignore_in
 def _normalize(x, axis, out_kind, n_threads, backend):
     """log_softmax / softmax along `axis` through the engine's second pass, and the
     normalized axis."""
-    xp = _dispatch.namespace(x)
+    xp = _dispatch.namespace(x=x)
     n_threads = _n_threads(n_threads)
     check_floating(xp, x, "x")
     ax = _class_axis(x.ndim, -1 if axis is None else axis)
@@ -690,7 +691,7 @@ def logsumexp(x: Array, axis: int = -1, keepdims: bool = False, *,
 
 def _logsumexp(x, axis, keepdims, n_threads, backend):
     """`logsumexp` and the reduced axis."""
-    xp = _dispatch.namespace(x)
+    xp = _dispatch.namespace(x=x)
     n_threads = _n_threads(n_threads)
     check_floating(xp, x, "x")
     ax = _class_axis(x.ndim, axis)

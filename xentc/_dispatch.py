@@ -10,7 +10,8 @@ import importlib
 import sys
 
 import numpy as np
-from array_api_compat import array_namespace, is_writeable_array, to_device
+from array_api_compat import (array_namespace, is_array_api_obj, is_writeable_array,
+                              to_device)
 from array_api_compat import device as _device
 
 BACKENDS = ("auto", "cpu", "opencl", "generic")
@@ -36,20 +37,86 @@ def is_dask(a):
     return type(a).__module__.split(".")[0] == "dask"
 
 
-def namespace(*arrays):
-    """The array namespace of `arrays` (None entries ignored).
+def namespace(*arrays, optional=None, **named):
+    """The array namespace of the caller's arrays.
+
+    Parameters
+    ----------
+    *arrays : array or None
+        Arrays without a name (None entries ignored); errors count them.
+    optional : dict, optional
+        Arrays by argument name that the caller may leave None (``weight``).
+    **named : array
+        Arrays by argument name that must be there (``input=x``): errors name
+        them, and a None, a list or a number among them is a TypeError.
 
     ``pyopencl.array.Array`` is not an array-API array; the OpenCL engine
     provides the small namespace that the API layer needs for it.
+
+    Raises
+    ------
+    TypeError
+        A required array missing or not an array, an unsupported array type,
+        or arrays of different libraries (host and OpenCL arrays among them):
+        the message names the arguments and says what to pass.
     """
-    arrays = [a for a in arrays if a is not None]
+    given = [(f"argument {k + 1}", a) for k, a in enumerate(arrays) if a is not None]
+    given += [(f"`{name}`", a) for name, a in named.items()]
+    given += [(f"`{name}`", a) for name, a in (optional or {}).items() if a is not None]
     # NumPy alone, the most common call, skips array_namespace's checks of
     # every other library: a small call spends as long there as in C.
-    if arrays and all(type(a) is np.ndarray for a in arrays):
+    if given and all(type(a) is np.ndarray for _, a in given):
         return _numpy_namespace()
-    if any(_is_opencl(a) for a in arrays):
-        return _engine("opencl").namespace(*arrays)
-    return array_namespace(*arrays)
+    for name, a in named.items():
+        if a is None or not (_is_opencl(a) or is_array_api_obj(a)):
+            raise TypeError(f"`{name}` must be an array (NumPy, torch, JAX, CuPy, Dask, "
+                            f"array-api-strict or pyopencl), got {_type_name(a)}")
+    opencl = [name for name, a in given if _is_opencl(a)]
+    if opencl:
+        host = [(name, a) for name, a in given if not _is_opencl(a)]
+        if host:
+            name, a = host[0]
+            raise TypeError(
+                f"{name} is a {_type_name(a)} but {opencl[0]} is a pyopencl array: xentc "
+                f"does not copy between host and device implicitly; pass "
+                f"pyopencl.array.to_device(queue, {name.strip('`')}) instead")
+        return _engine("opencl").namespace(*(a for _, a in given))
+    try:
+        return array_namespace(*(a for _, a in given))
+    except TypeError as exc:
+        better = _namespace_error(given)
+        if better is None:
+            raise
+        raise better from exc
+
+
+def _type_name(a):
+    kind = type(a)
+    return "None" if a is None else (kind.__qualname__ if kind.__module__ == "builtins"
+                                     else f"{kind.__module__}.{kind.__qualname__}")
+
+
+def _namespace_error(given):
+    """The TypeError for arrays that array_namespace refused, in xentc's words
+    (None where there is nothing to add to its own)."""
+    spaces = {}
+    for name, a in given:
+        try:
+            xp = array_namespace(a)
+        except TypeError:
+            return TypeError(f"{name} must be an array (NumPy, torch, JAX, CuPy, Dask, "
+                             f"array-api-strict or pyopencl), got {_type_name(a)}")
+        spaces.setdefault(xp.__name__.removeprefix("array_api_compat."), []).append(name)
+    if len(spaces) == 1:
+        return None
+    which = ", ".join(f"{' and '.join(names)} {'are' if len(names) > 1 else 'is a'} {lib} "
+                      f"array{'s' if len(names) > 1 else ''}" for lib, names in spaces.items())
+    (lib, _), *others = spaces.items()
+    stray = [name for _, names in others for name in names]
+    return TypeError(
+        f"arrays of different libraries: {which}. xentc computes in its arrays' own "
+        f"library and converts none: pass {' and '.join(stray)} as {lib} "
+        f"array{'s' if len(stray) > 1 else ''} too, e.g. {lib}.asarray({stray[0].strip('`')})")
 
 
 @functools.cache

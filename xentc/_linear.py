@@ -31,8 +31,10 @@ class _LinearLoss:
 
     def __init__(self, input, linear_weight, target, *, linear_bias=None, weight=None,
                  block_bytes=None, want_grad=False, **options):
-        xp = _dispatch.namespace(input, linear_weight, linear_bias, target, weight,
-                                 options.get("sample_weight"))
+        xp = _dispatch.namespace(
+            input=input, linear_weight=linear_weight, target=target,
+            optional={"linear_bias": linear_bias, "weight": weight,
+                      "sample_weight": options.get("sample_weight")})
         check_floating(xp, input, "input")
         if input.ndim < 1:
             raise ValueError("`input` must have at least one dimension (the features)")
