@@ -483,7 +483,7 @@ __kernel void xentc_rows(
         ZMAP_CALL(row_sums, flags, sc, cap, su, xr, lane * VEC, C, step, m, lin, w, q, qa, qb,
                   &vones, &vrest, &vS, &vA);
     ACC_T rest, ones, S, A;
-    /* Read before the barriers below: with out == x, pass 3 overwrites x[y]. */
+    /* Read before the barrier below: with out == x, pass 3 overwrites x[y]. */
     ACC_T xy = 0, wy = 1;
     if (work && has_target) {
         xy = bad ? NAN : ZMAP(LD(xr, y), flags, sc, cap, su);
@@ -494,6 +494,13 @@ __kernel void xentc_rows(
     v[2] = hsum(vS);
     v[3] = hsum(vA);
     seg_reduce(buf, v, lin ? 4 : 2, RED_SUM, R);
+    /* seg_reduce's barriers fence local memory only: without a global fence
+       nothing orders the read of x[y] above, by every lane of the row,
+       before pass 3's write of x[y] by the lane that owns column y (a data
+       race in OpenCL's memory model, reported by oclgrind --data-races). A
+       row of one lane (R = 1) shares nothing. */
+    if (R > 1 && out_kind != OUT_NONE)
+        barrier(CLK_GLOBAL_MEM_FENCE);
     rest = v[0];
     ones = v[1];
     S = lin ? v[2] : 0;
@@ -610,8 +617,11 @@ __kernel void xentc_copy(const long n, const int ndim, __constant long *geom,
     for (long k = get_global_id(0); k < n; k += get_global_size(0)) {
         long rem = k, s = src_off, d = dst_off;
         for (int ax = ndim - 1; ax >= 0; ax--) {
-            const long idx = rem % geom[ax];
-            rem /= geom[ax];
+            /* The remainder from the quotient, not `%` beside `/`: LLVM turns
+               such a pair into this with a `freeze` of rem, an instruction
+               that oclgrind 21.10 (Debian 12, .ci/oclgrind) cannot check. */
+            const long quot = rem / geom[ax], idx = rem - quot * geom[ax];
+            rem = quot;
             s += idx * geom[ndim + ax];
             d += idx * geom[2 * ndim + ax];
         }
