@@ -34,9 +34,11 @@ typedef enum {
 
 /*
  * One batch of rows. Pointers to floating data all have the entry point's
- * dtype (but see the 16-bit entry points). Strides are in elements. Unused
- * pointers are NULL; with n_rows == 0 any of the per-row ones (x, target,
- * soft, loss, lse, out, grad_row_scale) may be NULL too.
+ * dtype (but see the 16-bit entry points) and, like `target`, are aligned
+ * to their type: they are dereferenced as float, double or int64_t.
+ * Strides are in elements. Unused pointers are NULL; with n_rows == 0 any
+ * of the per-row ones (x, target, soft, loss, lse, out, grad_row_scale) may
+ * be NULL too.
  *
  * Each row is computed on z = softcap * tanh(logit_scale * x / softcap), or
  * z = logit_scale * x when softcap is 0; lse is the log-sum-exp of z. Row
@@ -81,8 +83,9 @@ typedef struct {
 int xentc_rows_f32(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 int xentc_rows_f64(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 /* 16-bit logits: x, soft and out hold IEEE float16 (f16) or bfloat16 (bf16)
-   values; weight, loss, lse and grad_row_scale are float32. Rows are computed
-   in float32 and `out` rounded to nearest even. */
+   values at any address (copied by memcpy or unaligned loads); weight, loss,
+   lse and grad_row_scale are float32. Rows are computed in float32 and `out`
+   rounded to nearest even. */
 int xentc_rows_f16(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 int xentc_rows_bf16(const xentc_rows *rows, int n_threads, int64_t *bad_row);
 

@@ -3,7 +3,8 @@
 
 Only the CPU engine (``xentc._engines.cpu``) calls this module; it has already
 validated arguments and arranged every array as the C API expects (rows with
-contiguous classes, int64 targets, weights in the logits' dtype). The C
+contiguous classes, int64 targets, weights in the logits' dtype, data aligned
+to its dtype except 16-bit rows). The C
 declarations are in ``_core.pxd``.
 """
 import numpy as np

@@ -38,16 +38,31 @@ def _row_contiguous(a):
             and a.strides[0] % a.itemsize == 0)
 
 
+def _aligned(a):
+    """`a`, or a copy of it where its data is not aligned to its dtype.
+
+    The C core reads and writes float, double and int64_t through typed
+    pointers: dereferencing a misaligned one is undefined behaviour (UBSan's
+    "misaligned address"; a fault on strict-alignment CPUs). NumPy's ALIGNED
+    flag tests the data pointer and strides against the C alignment of the
+    dtype, which is what the C standard asks. np.ascontiguousarray returns a
+    misaligned contiguous array unchanged: only a new allocation realigns it.
+    16-bit rows need no copy: src/half_rows.c reads and writes them with
+    memcpy and unaligned vector loads.
+    """
+    return a if a is None or a.flags.aligned else a.copy()
+
+
 def _rows_layout(a):
     """`a` as a 2-D array whose rows have contiguous elements (copied only if not)."""
     return a if a is None or _row_contiguous(a) else np.ascontiguousarray(a)
 
 
 def _vector(a):
-    """The 1-D CPU array `a` as contiguous NumPy (its dtype is already the C API's)."""
-    if a is None or (type(a) is np.ndarray and a.flags.c_contiguous):  # the common case, fast
-        return a
-    return np.ascontiguousarray(_host(a))
+    """The 1-D CPU array `a` as contiguous, aligned NumPy (its dtype is already the C API's)."""
+    if a is None or (type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned):
+        return a  # the common case, fast
+    return _aligned(np.ascontiguousarray(_host(a)))
 
 
 def _targets_vector(t):
@@ -119,18 +134,22 @@ def _host_rows(job, x, soft, out, half=None):
     """The C core on `job` with its (M, C) arrays given as NumPy `x`, `soft` and `out`
     (uint16 bits of 16-bit floats with `half`, see ``_core.rows``); writes `out` and
     returns (loss, lse) as NumPy arrays."""
-    x = _rows_layout(x)
+    def layout(a):  # 16-bit rows may lie at any address (see `_aligned`), others not
+        return _rows_layout(a) if half is not None else _aligned(_rows_layout(a))
+
+    x = layout(x)
     dest = out
     if out is not None:
         if out.shape != x.shape or out.dtype != x.dtype or not out.flags.writeable:
             raise ValueError(f"`out` must be a writable {x.shape} array of dtype {x.dtype}, "
                              f"got {out.shape} {out.dtype}")
-        if not _row_contiguous(out):  # the kernel writes contiguous rows
+        # The kernel writes contiguous rows, through typed pointers for float32 / float64.
+        if not _row_contiguous(out) or (half is None and not out.flags.aligned):
             dest = np.empty_like(x)
     # One job for the C struct: every array in its layout, the vectors as NumPy
     # (no copy for those that `targets` converted already).
     loss, lse = _core.rows(job.replace(
-        x=x, target=_targets_vector(job.target), soft=_rows_layout(soft), weight=_vector(job.weight),
+        x=x, target=_targets_vector(job.target), soft=layout(soft), weight=_vector(job.weight),
         grad_row_scale=_vector(job.grad_row_scale), out=dest), half)
     if dest is not out:
         out[...] = dest
@@ -187,9 +206,8 @@ def proba_rows(xp, p, target=None, *, n_threads=None):
     if p.dtype not in (xp.float32, xp.float64):  # half precision: summed as stored
         from . import generic
         return generic.proba_rows(xp, p, target)
-    hp = _rows_layout(_host(p))
-    if target is not None:
-        target = np.ascontiguousarray(_host(target), dtype=np.int64)
+    hp = _aligned(_rows_layout(_host(p)))
+    target = _targets_vector(target)
     total = np.empty(hp.shape[0], hp.dtype)
     picked = np.empty(hp.shape[0], hp.dtype) if target is not None else None
     lo, hi = _core.proba(hp, target, total, picked, 0 if n_threads is None else n_threads)
