@@ -108,8 +108,14 @@ def logsumexp_ref(x, axis=-1, keepdims=False):
 
 
 def log_softmax_ref(x, axis=-1):
+    """``(x - max) - log(sum(exp(x - max)))``: ``x - logsumexp(x)`` loses the
+    log term where |x| dwarfs it (float64 has 1e38 + log(2) == 1e38, so the
+    softmax of [1e38, 1e38] would come out [1, 1]). Rows holding +inf or NaN
+    come out NaN, as torch's do."""
     x = np.asarray(x, dtype=np.float64)
-    return x - _sp_logsumexp(x, axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+        return d - np.log(np.sum(np.exp(d), axis=axis, keepdims=True))
 
 
 def softmax_ref(x, axis=-1):

@@ -451,7 +451,8 @@ class LossCall:
             loss = loss * sw
         results = [self._reduce(loss)]
         if self.returns[0]:  # zero on ignored rows, whose lse is 0
-            z = self.job.lse_square_scale * lse ** 2
+            # (zls * lse) * lse: lse**2 alone overflows float32 where |lse| > 1.8e19
+            z = self.job.lse_square_scale * lse * lse
             results.append(self._reduce(z if sw is None else z * sw))
         if self.returns[1]:
             results.append(xp.astype(xp.reshape(lse, self.lead_shape), self.input.dtype,

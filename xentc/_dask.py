@@ -205,7 +205,7 @@ def _split_rows(x, t, w, sw, soft, kw, want_z, want_lse, g):
     loss, lse = fin[:, 0], fin[:, 1]
     z = None
     if want_z:  # 0 on ignored rows, whose lse is 0
-        z = job_kw["lse_square_scale"] * lse ** 2
+        z = job_kw["lse_square_scale"] * lse * lse  # not lse**2: see _api.LossCall.results
         z = z if sw is None else z * sw
     if sw is not None:
         loss = loss * sw

@@ -129,7 +129,7 @@ def finish(xp, job, st):
         gamma = (1 - e) * wy
         alpha = alpha + gamma
     if zls:
-        loss = loss + zls * lse ** 2
+        loss = loss + zls * lse * lse  # lse**2 could overflow alone
         alpha = alpha + 2 * zls * lse
     g = job.grad_scale if job.grad_row_scale is None else job.grad_scale * job.grad_row_scale
     alpha, gamma = g * alpha, g * gamma

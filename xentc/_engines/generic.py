@@ -59,7 +59,7 @@ def _block_rows(xp, job):
         if e > 0:
             loss = loss + e / n_classes * xp.sum(w * (ls - d), axis=1)
         if zls:
-            loss = loss + zls * lse ** 2
+            loss = loss + zls * lse * lse  # lse**2 could overflow alone
         loss = xp.where(keep, loss, xp.zeros_like(loss))
         # An ignored row is not read: its lse is 0, as its loss.
         lse = xp.where(keep, lse, xp.zeros_like(lse))
@@ -67,7 +67,7 @@ def _block_rows(xp, job):
         coef = w * (soft * (1 - e) + e / n_classes)
         loss = xp.sum(coef * (ls - d), axis=1)
         if zls:
-            loss = loss + zls * lse ** 2
+            loss = loss + zls * lse * lse  # lse**2 could overflow alone
 
     out = None
     if job.out_kind == "log_softmax":
