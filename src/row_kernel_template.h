@@ -330,7 +330,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                                  const TYPE *x, const TYPE *w, const TYPE *q,
                                  int64_t n, TYPE m, int lin, TYPE qa, TYPE qb,
                                  xentc_sums *acc, TYPE *store, const XENTC_FN(ztrans) *zrow,
-                                 int mode)
+                                 int mode, const char *ahead, int ahead_size)
 {
     const VT vm = XENTC_FN(splat)(m);
     /* a local copy: stores to `store` cannot change it, so its constants
@@ -349,10 +349,11 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
         VT s4[4] = {{0}};
         for (; j + 4 * NL <= n; j += 4 * NL) {
             VT d[4];
-            /* Pull the next block towards L1 while this one is in the FMA
-               units, so its max sweep does not wait on memory. */
-            for (int64_t byte = 0; byte < 4 * XENTC_VBYTES; byte += 64)
-                __builtin_prefetch((const char *)(x + j + BLOCK) + byte);
+            /* Pull the next block (`ahead`, logits of ahead_size bytes)
+               towards L1 while this one is in the FMA units, so its max
+               sweep does not wait on memory. */
+            for (int64_t byte = 0; byte < 4 * NL * ahead_size; byte += 64)
+                __builtin_prefetch(ahead + j * ahead_size + byte);
             VT dz[4];
             for (int u = 0; u < 4; u++) {
                 d[u] = XENTC_FN(load)(x + j + u * NL);
@@ -451,6 +452,8 @@ typedef struct {
     int lin;        /* the linear sums are needed */
     XENTC_FN(ztrans) zt; /* the row transform */
     double alpha, beta, gamma; /* grad: alpha * p_c - beta * coef_c - gamma * [c == y] */
+    const char *x16; /* 16-bit logits widened into x as they stream in, or NULL */
+    int bf16;        /* x16 holds bfloat16 (else float16) */
 } XENTC_FN(row_ctx);
 
 static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
@@ -471,6 +474,8 @@ static inline XENTC_FN(row_ctx) XENTC_FN(begin)(const xentc_rows *r, int64_t i)
     c.qb = (TYPE)(e / (double)r->n_classes);
     c.lin = r->soft != NULL || (r->target && e > 0.0);
     c.alpha = c.beta = c.gamma = 0.0;
+    c.x16 = NULL;
+    c.bf16 = 0;
     return c;
 }
 
@@ -656,19 +661,22 @@ static inline __attribute__((always_inline)) void XENTC_FN(row_sums)(const XENTC
                                       double m, xentc_sums *acc, TYPE *store)
 {
     const TYPE *w = c->w ? c->w + b : NULL, *q = c->q ? c->q + b : NULL;
+    /* the next block as it sits in memory: 16-bit logits, or the row's own */
+    const char *const ahead = c->x16 ? c->x16 + 2 * (b + BLOCK) : (const char *)(c->x + b + BLOCK);
+    const int size = c->x16 ? 2 : (int)sizeof(TYPE);
     /* One call per transform, each compiled without the others' tests. */
     if (c->zt.cap_on && c->zt.cap <= -EXP_LO / 2)
         XENTC_FN(block_sums)(c->x + b, w, q, n, (TYPE)m, c->lin, c->qa, c->qb, acc, store,
-                             &c->zt, Z_CAP_NEAR);
+                             &c->zt, Z_CAP_NEAR, ahead, size);
     else if (c->zt.cap_on)
         XENTC_FN(block_sums)(c->x + b, w, q, n, (TYPE)m, c->lin, c->qa, c->qb, acc, store,
-                             &c->zt, Z_CAP);
+                             &c->zt, Z_CAP, ahead, size);
     else if (c->zt.on)
         XENTC_FN(block_sums)(c->x + b, w, q, n, mx, c->lin, c->qa, c->qb, acc, store, &c->zt,
-                             Z_SCALE);
+                             Z_SCALE, ahead, size);
     else
         XENTC_FN(block_sums)(c->x + b, w, q, n, mx, c->lin, c->qa, c->qb, acc, store, &c->zt,
-                             Z_NONE);
+                             Z_NONE, ahead, size);
 }
 
 /* z of a row's max of x, in double: exact for a scale alone, so that lse
@@ -678,6 +686,20 @@ static inline __attribute__((always_inline)) double XENTC_FN(zmax)(const XENTC_F
     if (!c->zt.on)
         return mx;
     return c->zt.cap_on ? (double)XENTC_FN(z1)(&c->zt, mx, NULL) : (double)mx * (double)c->zt.s;
+}
+
+/* The first read of a long row's logits [b, b + n), from memory: their max.
+   A row of 16-bit logits (x16) is widened here, a block at a time, into the
+   float32 row x in the thread's scratch, which every later read takes from
+   cache (row_sums pulls the next block's 16-bit logits in meanwhile). */
+static inline TYPE XENTC_FN(stream_max)(const XENTC_FN(row_ctx) *c, int64_t b, int64_t n)
+{
+#ifdef XENTC_HALF_ROWS
+    if (c->x16) {
+        widen(c->x16 + 2 * b, (TYPE *)c->x + b, n, c->bf16);
+    }
+#endif
+    return XENTC_FN(block_max)(c->x + b, n);
 }
 
 /* Blocks of one row whose kept exps share one reference max: at most this
@@ -707,10 +729,14 @@ static inline __attribute__((always_inline)) int XENTC_FN(grad_row_kept_exps)(co
     int n_seg = 0;
     for (int64_t b = 0; b < C; b += BLOCK) {
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
-        const TYPE bx = XENTC_FN(block_max)(c->x + b, n);
+        const TYPE bx = XENTC_FN(stream_max)(c, b, n);
         if (!(bx > mx)) {
             /* the max stays */
         } else if (XENTC_FN(zmax)(c, bx) == INFINITY) {
+#ifdef XENTC_HALF_ROWS
+            if (c->x16) /* grad_row_inf reads the rest of the row */
+                widen(c->x16 + 2 * (b + n), (TYPE *)c->x + b + n, C - b - n, c->bf16);
+#endif
             XENTC_FN(grad_row_inf)(r, i, c, acc.rest, skipped, b);
             return 1;
         } else if (XENTC_FN(zmax)(c, bx) <= m) {
@@ -759,10 +785,12 @@ static inline __attribute__((always_inline)) int XENTC_FN(grad_row_kept_exps)(co
     return 1;
 }
 
-static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
+static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i, const char *x16, int bf16)
 {
     const int64_t C = r->n_classes;
     XENTC_FN(row_ctx) c = XENTC_FN(begin)(r, i);
+    c.x16 = x16;
+    c.bf16 = bf16;
     if (XENTC_FN(ignored)(r, i, &c))
         return;
     XENTC_FN(begin_z)(r, &c);
@@ -774,7 +802,7 @@ static void XENTC_FN(long_row)(const xentc_rows *r, int64_t i)
     int64_t skipped = 0; /* leading elements seen while m was still -inf */
     for (int64_t b = 0; b < C; b += BLOCK) {
         const int64_t n = C - b < BLOCK ? C - b : BLOCK;
-        const TYPE bx = XENTC_FN(block_max)(c.x + b, n);
+        const TYPE bx = XENTC_FN(stream_max)(&c, b, n);
         if (bx > mx) {
             const double bm = XENTC_FN(zmax)(&c, bx);
             if (bm > m) { /* not at a softcap's saturation, or its rounding (see above) */
@@ -1138,8 +1166,18 @@ static void XENTC_FN(plain_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
         return;
     }
     for (int64_t i = i0; i < i1; i++)
-        XENTC_FN(long_row)(r, i);
+        XENTC_FN(long_row)(r, i, NULL, 0);
 }
+
+#ifdef XENTC_HALF_ROWS
+/* Row i of 16-bit logits x16 (more than XENTC_SCRATCH_C of them), whose
+   float32 row r describes (half_rows.c): x and out one row of the thread's
+   scratch, which the row's first read fills, x[y] already there. */
+void XENTC_FN(xentc_long_row16)(const xentc_rows *r, int64_t i, const void *x16, int bf16)
+{
+    XENTC_FN(long_row)(r, i, x16, bf16);
+}
+#endif
 
 /*
  * Short rows of z = T(x): z (and dz/dx for a gradient) of the chunk's rows

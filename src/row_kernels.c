@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "half_convert.h"
 #include "row_kernels.h"
 
 #ifndef XENTC_ISA
@@ -207,7 +208,9 @@ static const float xentc_tanh_q_f32[4] = {1.0f, 0x1.d9a8d0p-2f, 0x1.85917ep-6f, 
 #elif XENTC_VBYTES == 16 && defined(__SSE2__)
 #define XENTC_VMAX(a, b) _mm_max_ps((__m128)(a), (__m128)(b))
 #endif
+#define XENTC_HALF_ROWS /* float32 rows also widen 16-bit long rows */
 #include "row_kernel_template.h"
+#undef XENTC_HALF_ROWS
 #undef TYPE
 #undef ITYPE
 #undef XENTC_SFX

@@ -40,6 +40,7 @@ typedef double (*xentc_target_total_fn)(const int64_t *target, int64_t n, int64_
     void xentc_rows_f64_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
     void xentc_rows_f16_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
     void xentc_rows_bf16_##isa(const xentc_rows *rows, int64_t i0, int64_t i1, void *scratch); \
+    void xentc_long_row16_f32_##isa(const xentc_rows *rows, int64_t i, const void *x16, int bf16); \
     void xentc_exp_f32_##isa(const void *in, void *out, int64_t n);            \
     void xentc_widen16_##isa(const void *in, float *out, int64_t n, int bf16); \
     void xentc_narrow16_##isa(const float *in, void *out, int64_t n, int bf16); \

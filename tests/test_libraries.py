@@ -586,3 +586,48 @@ def test_required_libraries_fail_when_missing(library_enum, monkeypatch):
         want = pytest.fail.Exception if lib.required else pytest.skip.Exception
         with pytest.raises(want):
             lib.load()
+
+
+def _special_long_rows(rng, n_classes):
+    """Rows longer than the kernel's 4 KiB blocks whose special values sit in
+    later blocks: a +inf, a NaN, a leading run of -inf, all -inf, and a max
+    that rises block by block (the kept exps' segments, folded past 32)."""
+    x = make_logits(rng, (8, n_classes), np.float32)
+    x[1, n_classes - 5] = np.inf
+    x[2, n_classes // 2] = np.nan
+    x[3, : n_classes - 700] = -np.inf
+    x[4] = -np.inf
+    x[5] = np.linspace(-30.0, 30.0, n_classes)
+    return x
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n_classes", [100, 3000, 40_000])
+@pytest.mark.parametrize("opts", [{}, dict(label_smoothing=0.1), dict(logit_scale=0.7),
+                                  dict(softcap=15.0, lse_square_scale=1e-3)],
+                         ids=["plain", "smoothing", "scale", "softcap"])
+def test_half_long_rows_match_widened_rows(monkeypatch, half, n_classes, opts, rng):
+    # The C core widens long 16-bit rows a block at a time as they stream in;
+    # the CPU engine's Python path widens whole rows first. Both run the same
+    # float32 kernel, so every loss, lse and gradient must match bit for bit.
+    from xentc._engines import cpu
+
+    x = torch.from_numpy(_special_long_rows(rng, n_classes)).to(getattr(torch, half))
+    t = torch.from_numpy(make_targets(rng, (8,), n_classes))
+    t[6] = -100
+    q = torch.softmax(torch.from_numpy(make_logits(rng, (8, n_classes), np.float32)), 1)
+    q = q.to(x.dtype)
+
+    def calls():
+        yield xentc.cross_entropy_with_grad(x, t, reduction="none", return_lse=True, **opts)
+        yield xentc.cross_entropy_with_grad(x, q, reduction="none", **opts)
+        buf = x.clone()
+        yield xentc.cross_entropy_with_grad(buf, t, out=buf, reduction="sum", **opts)
+        yield xentc.cross_entropy(x, t, reduction="none", **opts), xentc.softmax(x, axis=1)
+        yield xentc.log_softmax(x, axis=1), xentc.logsumexp(x, axis=1)
+
+    fused = [r for r in calls()]
+    monkeypatch.setattr(cpu, "_bits", lambda a: None)
+    for got, want in zip(fused, calls()):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
