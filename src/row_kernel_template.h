@@ -1027,6 +1027,54 @@ static inline VT XENTC_FN(column)(const TYPE *x, int64_t stride, int64_t k)
     return v;
 }
 
+#ifdef NARROW_TRANSPOSE
+/* v[0..16) as the columns of a 16 x 16 float matrix given by its rows: 64
+   shuffles, against 16 lane inserts per column (two instructions each). */
+static inline __attribute__((always_inline)) void XENTC_FN(transpose16)(__m512 *v)
+{
+    __m512 a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+        a[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        a[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* b[i + m]: columns 4j + m of rows i..i+3, lane j */
+        b[i] = (__m512)_mm512_unpacklo_pd((__m512d)a[i], (__m512d)a[i + 2]);
+        b[i + 1] = (__m512)_mm512_unpackhi_pd((__m512d)a[i], (__m512d)a[i + 2]);
+        b[i + 2] = (__m512)_mm512_unpacklo_pd((__m512d)a[i + 1], (__m512d)a[i + 3]);
+        b[i + 3] = (__m512)_mm512_unpackhi_pd((__m512d)a[i + 1], (__m512d)a[i + 3]);
+    }
+    for (int m = 0; m < 4; m++) { /* gather lane j of the four row groups */
+        const __m512 e0 = _mm512_shuffle_f32x4(b[m], b[4 + m], 0x88);
+        const __m512 o0 = _mm512_shuffle_f32x4(b[m], b[4 + m], 0xdd);
+        const __m512 e1 = _mm512_shuffle_f32x4(b[8 + m], b[12 + m], 0x88);
+        const __m512 o1 = _mm512_shuffle_f32x4(b[8 + m], b[12 + m], 0xdd);
+        v[m] = _mm512_shuffle_f32x4(e0, e1, 0x88);
+        v[4 + m] = _mm512_shuffle_f32x4(o0, o1, 0x88);
+        v[8 + m] = _mm512_shuffle_f32x4(e0, e1, 0xdd);
+        v[12 + m] = _mm512_shuffle_f32x4(o0, o1, 0xdd);
+    }
+}
+#endif
+
+/* col[0, C) = the C columns of NL rows of x (C <= NARROW_C). */
+static inline __attribute__((always_inline)) void XENTC_FN(columns)(const TYPE *x, int64_t stride,
+                                                                    int64_t C, VT *col)
+{
+#ifdef NARROW_TRANSPOSE
+    /* the rows with masked loads (nothing read past a row), transposed */
+    __m512 v[16];
+    const __mmask16 live = (__mmask16)((1u << C) - 1u);
+    for (int l = 0; l < 16; l++)
+        v[l] = _mm512_maskz_loadu_ps(live, x + l * stride);
+    XENTC_FN(transpose16)(v);
+    for (int64_t k = 0; k < C; k++)
+        col[k] = (VT)v[k];
+#else
+    for (int64_t k = 0; k < C; k++)
+        col[k] = XENTC_FN(column)(x, stride, k);
+#endif
+}
+
 /* Row maxima m and excess sums (sum exp(x - m)) - 1 of NL rows from x,
    one row per lane. */
 static inline __attribute__((always_inline)) void XENTC_FN(narrow_sums)(
@@ -1037,17 +1085,14 @@ static inline __attribute__((always_inline)) void XENTC_FN(narrow_sums)(
     /* Two chains for the max; max(v, m) skips a NaN v, which still poisons
        the sum. */
     VT m = XENTC_FN(splat)(-INFINITY), m1 = m;
+    XENTC_FN(columns)(x, stride, C, col);
     int64_t k = 0;
     for (; k + 2 <= C; k += 2) {
-        col[k] = XENTC_FN(column)(x, stride, k);
-        col[k + 1] = XENTC_FN(column)(x, stride, k + 1);
         m = XENTC_FN(max)(col[k], m);
         m1 = XENTC_FN(max)(col[k + 1], m1);
     }
-    if (k < C) {
-        col[k] = XENTC_FN(column)(x, stride, k);
+    if (k < C)
         m = XENTC_FN(max)(col[k], m);
-    }
     m = XENTC_FN(max)(m1, m);
     /* exact ones apart from the rest, as in block_sums */
     VT s = {0}, ones = {0};
@@ -1108,11 +1153,21 @@ static inline __attribute__((always_inline)) void XENTC_FN(narrow_grad)(
         alpha[l] = (TYPE)(g * (wy + 2.0 * r->lse_square_scale * (md[l] + ls[l])));
     }
     const VT scale = alpha * XENTC_FN(vexp)(nls);
+#ifdef NARROW_TRANSPOSE /* columns to rows, each stored under a mask */
+    __m512 v[16];
+    for (int64_t k = 0; k < 16; k++)
+        v[k] = k < C ? (__m512)(ex[k] * scale) : _mm512_setzero_ps();
+    XENTC_FN(transpose16)(v);
+    const __mmask16 live = (__mmask16)((1u << C) - 1u);
+    for (int l = 0; l < 16; l++)
+        _mm512_mask_storeu_ps(out + l * stride, live, v[l]);
+#else
     for (int64_t k = 0; k < C; k++) {
         const VT o = ex[k] * scale;
         for (int64_t l = 0; l < NL; l++)
             out[l * stride + k] = o[l];
     }
+#endif
     for (int64_t l = 0; l < NL; l++)
         out[l * stride + r->target[i + l]] -= gamma[l];
 }

@@ -172,6 +172,7 @@ double XENTC_ISA_FN(xentc_target_total)(const int64_t *target, int64_t n, int64_
 static const double xentc_exp_coef_f32[7] = {
     1.0, 1.0, 0x1.fffffcp-2, 0x1.555492p-3, 0x1.5558f2p-5, 0x1.1239eap-7, 0x1.6a2436p-10};
 
+#if XENTC_VBYTES == 64 && defined(__AVX512F__)
 /* The AVX-512 float32 exp: 2^(j/16), j = 0..15, rounded to float (one
    register), and 2^r = 1 + r P(r) on |r| <= 1/32, Taylor's terms in r ln2:
    truncation (r ln2)^4 / 24 <= 9.2e-9, 0.15 ulp. */
@@ -182,6 +183,7 @@ static const float xentc_exp2_sixteenths[16] = {
     0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
 static const double xentc_exp2_cubic[4] = {
     1.0, 0.69314718055994530942, 0.24022650695910071233, 0.05550410866482157995};
+#endif
 
 /*
  * float32 tanh(a) = a P(a^2) / Q(a^2) on [0, 9], P(0) = Q(0) = 1: a rational
@@ -223,11 +225,13 @@ static const float xentc_tanh_q_f32[4] = {1.0f, 0x1.d9a8d0p-2f, 0x1.85917ep-6f, 
 #if XENTC_VBYTES == 64 && defined(__AVX512F__) /* vexp_n's table exp */
 #define EXP_TABLE xentc_exp2_sixteenths
 #define EXP_TABLE_P xentc_exp2_cubic
+#define NARROW_TRANSPOSE /* narrow rows' columns by a 16 x 16 transpose */
 #endif
 #include "row_kernel_template.h"
 #undef XENTC_HALF_ROWS
 #undef EXP_TABLE
 #undef EXP_TABLE_P
+#undef NARROW_TRANSPOSE
 #undef TYPE
 #undef ITYPE
 #undef XENTC_SFX
