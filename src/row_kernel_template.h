@@ -1201,8 +1201,11 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
            an infinite maximum or an ignored row takes finish() whole; both
            give the same bits. */
         int special = 0;
-        for (int64_t l = 0; l < n; l++)
-            special |= isinf(md[l]) | (target && target[i + l] == ignore);
+        for (int64_t l = 0; l < n; l++) /* no branch: vectorized */
+            special |= fabs(md[l]) == INFINITY;
+        if (target)
+            for (int64_t l = 0; l < n; l++)
+                special |= target[i + l] == ignore;
         if (special && grad) { /* the general path, gradient and all */
             XENTC_FN(short_rows)(r, i, i + n);
             i += n;
@@ -1216,13 +1219,18 @@ static void XENTC_FN(narrow_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
                     XENTC_FN(finish)(r, i + l, &c, md[l], ls[l], &acc);
             }
         } else {
-            if (loss)
+            if (loss) { /* the gathers first, then a loop that vectorizes */
+                double xy[NARROW_BATCH], wy[NARROW_BATCH];
                 for (int64_t l = 0; l < n; l++) {
                     const int64_t y = target[i + l];
-                    const double wy = w ? (double)w[y] : 1.0, lse_l = md[l] + ls[l];
-                    loss[i + l] = (TYPE)(wy * ((md[l] - (double)x0[(i + l) * stride + y]) + ls[l]) +
-                                         zls * lse_l * lse_l);
+                    xy[l] = (double)x0[(i + l) * stride + y];
+                    wy[l] = w ? (double)w[y] : 1.0;
                 }
+                for (int64_t l = 0; l < n; l++) {
+                    const double lse_l = md[l] + ls[l];
+                    loss[i + l] = (TYPE)(wy[l] * ((md[l] - xy[l]) + ls[l]) + zls * lse_l * lse_l);
+                }
+            }
             if (lse)
                 for (int64_t l = 0; l < n; l++)
                     lse[i + l] = (TYPE)(md[l] + ls[l]);
