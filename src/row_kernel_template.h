@@ -32,6 +32,11 @@ static inline VT XENTC_FN(load)(const TYPE *p)
 /* Lanes [0, n) of p, zeros elsewhere; never reads past p + n. */
 static inline VT XENTC_FN(load_part)(const TYPE *p, int64_t n)
 {
+#if XENTC_VBYTES == 64 && defined(__AVX512F__) /* one masked load */
+    if (sizeof(TYPE) == 4)
+        return (VT)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+    return (VT)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1u), p);
+#endif
     VT v = {0};
     for (int64_t k = 0; k < n; k++) /* lane inserts: no call to memcpy */
         v[k] = p[k];
@@ -45,6 +50,13 @@ static inline void XENTC_FN(store_part)(TYPE *p, VT v, int64_t n)
         memcpy(p, &v, sizeof v);
         return;
     }
+#if XENTC_VBYTES == 64 && defined(__AVX512F__) /* one masked store */
+    if (sizeof(TYPE) == 4)
+        _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+    else
+        _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1u), (__m512d)v);
+    return;
+#endif
     for (int64_t k = 0; k < n; k++)
         p[k] = v[k];
 }
@@ -372,6 +384,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
     const int cap = mode == Z_CAP || mode == Z_CAP_NEAR;
     VT s = {0}, sl = {0}, sa = {0};
     VIT ones = {0}; /* minus the count of terms equal to 1, per lane */
+    int64_t ones_n = 0; /* or their count */
     VT lane = {0};
     for (int64_t k = 0; k < NL; k++)
         lane[k] = (TYPE)k;
@@ -401,9 +414,22 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
                 XENTC_FN(vexp_n)(d, 4, mode == Z_CAP_NEAR ? EXP_INRANGE : EXP_CLAMP, sc);
             }
             for (int u = 0; u < 4; u++) { /* exp is exactly 1 only near x == m */
+#if XENTC_VBYTES == 64 && defined(__AVX512F__) /* a mask register, a masked add */
+                const unsigned top = sizeof(TYPE) == 4
+                    ? _mm512_cmp_ps_mask((__m512)d[u], _mm512_set1_ps(1.0f), _CMP_EQ_OQ)
+                    : _mm512_cmp_pd_mask((__m512d)d[u], _mm512_set1_pd(1.0), _CMP_EQ_OQ);
+                if (sizeof(TYPE) == 4)
+                    s4[u] = (VT)_mm512_mask_add_ps((__m512)s4[u], (__mmask16)~top,
+                                                   (__m512)s4[u], (__m512)d[u]);
+                else
+                    s4[u] = (VT)_mm512_mask_add_pd((__m512d)s4[u], (__mmask8)~top,
+                                                   (__m512d)s4[u], (__m512d)d[u]);
+                ones_n += __builtin_popcount(top);
+#else
                 const VIT top = d[u] == 1;  /* -1 where true */
                 s4[u] += (VT)(~top & (VIT)d[u]);
                 ones += top;
+#endif
             }
         }
         s += (s4[0] + s4[1]) + (s4[2] + s4[3]);
@@ -436,6 +462,7 @@ static inline __attribute__((always_inline)) void XENTC_FN(block_sums)(
     acc->rest += XENTC_FN(hsum)(s);
     for (int64_t k = 0; k < NL; k++)
         acc->ones -= (double)ones[k];
+    acc->ones += (double)ones_n;
     if (lin) {
         acc->lin += XENTC_FN(hsum)(sl);
         acc->coef += XENTC_FN(hsum)(sa);
