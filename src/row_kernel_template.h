@@ -918,20 +918,32 @@ static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n, int drop_ones)
     }
 }
 
-/* Max of a short row with four independent chains: one chain per
-   row would leave the FP units idle on latency. */
+/* Max of a short row, a vector at a time from 32 logits on (NaN skipped,
+   as max() does; a row of NaN or -inf gives -inf). */
 static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
 {
-    TYPE m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    if (n < 32) { /* four scalar chains: less than the lanes' reduction */
+        TYPE m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        int64_t k = 0;
+        for (; k + 4 <= n; k += 4)
+            for (int u = 0; u < 4; u++)
+                m[u] = x[k + u] > m[u] ? x[k + u] : m[u];
+        for (; k < n; k++)
+            m[0] = x[k] > m[0] ? x[k] : m[0];
+        m[0] = m[1] > m[0] ? m[1] : m[0];
+        m[2] = m[3] > m[2] ? m[3] : m[2];
+        return m[2] > m[0] ? m[2] : m[0];
+    }
+    VT m = XENTC_FN(splat)(-INFINITY);
     int64_t k = 0;
-    for (; k + 4 <= n; k += 4)
-        for (int u = 0; u < 4; u++)
-            m[u] = x[k + u] > m[u] ? x[k + u] : m[u];
-    for (; k < n; k++)
-        m[0] = x[k] > m[0] ? x[k] : m[0];
-    m[0] = m[1] > m[0] ? m[1] : m[0];
-    m[2] = m[3] > m[2] ? m[3] : m[2];
-    return m[2] > m[0] ? m[2] : m[0];
+    for (; k + NL <= n; k += NL)
+        m = XENTC_FN(max)(XENTC_FN(load)(x + k), m);
+    TYPE r = m[0];
+    for (int64_t l = 1; l < NL; l++)
+        r = m[l] > r ? m[l] : r;
+    for (; k < n; k++) /* the tail in scalars: no partial vector to assemble */
+        r = x[k] > r ? x[k] : r;
+    return r;
 }
 
 /* sum exp(x - m) - 1 of a short row from its `ones` exact maxima and the
@@ -939,14 +951,24 @@ static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
    ones apart, a float sum of the rest keeps its relative precision. */
 static inline double XENTC_FN(short_excess)(const TYPE *p, int64_t n, int64_t ones)
 {
-    TYPE s[4] = {0, 0, 0, 0};
+    if (n < 32) { /* as short_max */
+        TYPE s[4] = {0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 4 <= n; k += 4)
+            for (int u = 0; u < 4; u++)
+                s[u] += p[k + u];
+        for (; k < n; k++)
+            s[0] += p[k];
+        return (double)(ones - 1) + ((double)(s[0] + s[1]) + (double)(s[2] + s[3]));
+    }
+    VT s = {0};
     int64_t k = 0;
-    for (; k + 4 <= n; k += 4)
-        for (int u = 0; u < 4; u++)
-            s[u] += p[k + u];
+    for (; k + NL <= n; k += NL)
+        s += XENTC_FN(load)(p + k);
+    TYPE t = 0;
     for (; k < n; k++)
-        s[0] += p[k];
-    return (double)(ones - 1) + ((double)(s[0] + s[1]) + (double)(s[2] + s[3]));
+        t += p[k];
+    return (double)(ones - 1) + (XENTC_FN(hsum)(s) + (double)t);
 }
 
 /*
@@ -979,7 +1001,7 @@ static void XENTC_FN(short_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
             const TYPE m = XENTC_FN(short_max)(x, C);
             st[i - g0].m = m;
             TYPE *d = buf + (i - g0) * C;
-            int64_t ones = 0;
+            int ones = 0; /* int: vectorized in 32-bit lanes */
             for (int64_t k = 0; k < C; k++) {
                 d[k] = x[k] - m; /* as torch: NaN for a row of -inf */
                 ones += d[k] == 0;
