@@ -43,19 +43,26 @@ def problem(case):
     return x, t, kw
 
 
-def run_rank(rank, world, port, widths, case, reduction, errors):
+def run_rank(rank, world, port, widths, case, reduction, errors, backend="gloo"):
+    """One rank: its shard of the problem, loss and gradient against the
+    float64 reference. backend "nccl" puts rank r's tensors on GPU r."""
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world)
+        device = torch.device("cpu")
+        if backend == "nccl":
+            device = torch.device("cuda", rank)
+            torch.cuda.set_device(device)
         x, t, kw = problem(case)
         dtype = np.float32 if kw.pop("float32", False) else np.float64
         x = x.astype(dtype).astype(np.float64)  # the reference sees the rounded logits
         cols = slice(sum(widths[:rank]), sum(widths[:rank + 1]))
         go = np.linspace(0.5, 1.5, N) if reduction == "none" else 0.7
         want = options_reference(x, t, reduction=reduction, grad_output=go, **kw)
-        shard = torch.tensor(x[:, cols].astype(dtype), requires_grad=True)
-        target = torch.tensor(t[:, cols] if t.ndim == 2 else t)
-        tkw = {k: torch.tensor(v) for k, v in kw.items() if isinstance(v, np.ndarray)}
+        shard = torch.tensor(x[:, cols].astype(dtype), device=device, requires_grad=True)
+        target = torch.tensor(t[:, cols] if t.ndim == 2 else t, device=device)
+        tkw = {k: torch.tensor(v, device=device) for k, v in kw.items()
+               if isinstance(v, np.ndarray)}
         if case == "soft_module":
             loss_fn = xentc.torch.VocabParallelCrossEntropyLoss(
                 reduction=reduction, **{k: v for k, v in {**kw, **tkw}.items()
@@ -64,16 +71,16 @@ def run_rank(rank, world, port, widths, case, reduction, errors):
         else:
             loss = xentc.torch.vocab_parallel_cross_entropy(
                 shard, target, reduction=reduction, **{**kw, **tkw})
-        loss.backward(torch.tensor(go, dtype=shard.dtype))
+        loss.backward(torch.tensor(go, dtype=shard.dtype, device=device))
         if dtype == np.float64:
             tols = (1e-12 * np.abs(want[0]) + 1e-13, 1e-12 * np.abs(want[3][:, cols]) + 1e-14)
         else:  # the option bounds, and the sums' roundings of float32
             loss_tol, _, grad_tol = options_tolerance(x, t, dtype, reduction=reduction,
                                                       grad_output=go, **kw)
             tols = (loss_tol + 8 * np.finfo(dtype).eps * np.abs(want[0]), grad_tol[:, cols])
-        assert loss.dtype == shard.dtype
-        assert np.all(np.abs(loss.detach().numpy() - want[0]) <= tols[0]), "loss"
-        assert np.all(np.abs(shard.grad.numpy() - want[3][:, cols]) <= tols[1]), "gradient"
+        assert loss.dtype == shard.dtype and loss.device == device
+        assert np.all(np.abs(loss.detach().cpu().numpy() - want[0]) <= tols[0]), "loss"
+        assert np.all(np.abs(shard.grad.cpu().numpy() - want[3][:, cols]) <= tols[1]), "gradient"
     except Exception as exc:  # reported by the parent
         errors.put(f"rank {rank}: {type(exc).__name__}: {exc}")
         raise

@@ -1,5 +1,5 @@
-"""Vocabulary-parallel cross-entropy on torch.distributed: 2 and 3 gloo processes,
-uneven shards, against one process's float64 reference (torch autograd of the
+"""Vocabulary-parallel cross-entropy on torch.distributed: 2 and 3 gloo processes
+(and NCCL, one rank per GPU, where there are GPUs enough), uneven shards, against one process's float64 reference (torch autograd of the
 option formula, ``reference.options_reference``); the ranks' side is in
 ``distributed_rank``."""
 
@@ -32,16 +32,43 @@ def _free_port():
     ((5, 30, 2), "float32", "none"),
 ], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
 def test_matches_one_process(widths, case, reduction, monkeypatch):
-    errors = mp.get_context("spawn").SimpleQueue()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks share two cores
+    _spawn(widths, case, reduction, "gloo")
+
+
+def _spawn(widths, case, reduction, backend):
+    """Run distributed_rank.run_rank on len(widths) spawned ranks; fail with
+    what the ranks reported."""
+    errors = mp.get_context("spawn").SimpleQueue()
     try:
-        mp.spawn(run_rank, args=(len(widths), _free_port(), widths, case, reduction, errors),
+        mp.spawn(run_rank, args=(len(widths), _free_port(), widths, case, reduction, errors,
+                                 backend),
                  nprocs=len(widths), join=True)
     except Exception:
         msgs = []
         while not errors.empty():
             msgs.append(errors.get())
         pytest.fail("; ".join(msgs) or "a rank failed")
+
+
+@pytest.mark.parametrize("library", ["torch-cuda"])
+@pytest.mark.parametrize("widths, case, reduction", [
+    ((20, 17), "smoothing_weight", "mean"),
+    ((20, 17), "llm", "none"),
+    ((20, 17), "float32", "mean"),
+    ((20, 17), "soft_module", "none"),
+], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_nccl_across_gpus(library, widths, case, reduction):
+    # Each rank on a GPU of its own, the collectives through NCCL: runs where
+    # a machine has two GPUs or more (benchmarks/gpu_check.py selects it).
+    import torch
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available() or not dist.is_nccl_available():
+        pytest.skip("needs CUDA devices and NCCL")
+    if torch.cuda.device_count() < len(widths):
+        pytest.skip(f"needs {len(widths)} GPUs, this machine has {torch.cuda.device_count()}")
+    _spawn(widths, case, reduction, "nccl")
 
 
 def test_bad_arguments_are_named():
