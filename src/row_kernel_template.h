@@ -1110,14 +1110,14 @@ static inline __attribute__((always_inline)) void XENTC_FN(columns)(const TYPE *
                                                                     int64_t C, VT *col)
 {
 #ifdef NARROW_TRANSPOSE
-    /* the rows with masked loads (nothing read past a row), transposed */
-    __m512 v[16];
+    /* the rows with masked loads (nothing read past a row), transposed in
+       place: col holds NARROW_C = 16 vectors (copying C of them out of a
+       temporary became a call to memcpy) */
+    __m512 *const v = (__m512 *)col;
     const __mmask16 live = (__mmask16)((1u << C) - 1u);
     for (int l = 0; l < 16; l++)
         v[l] = _mm512_maskz_loadu_ps(live, x + l * stride);
     XENTC_FN(transpose16)(v);
-    for (int64_t k = 0; k < C; k++)
-        col[k] = (VT)v[k];
 #else
     for (int64_t k = 0; k < C; k++)
         col[k] = XENTC_FN(column)(x, stride, k);

@@ -402,17 +402,16 @@ class LossCall:
             soft, _ = _as_rows(xp, xp.astype(target, input.dtype, copy=False), ax)
             self.spec = self.job = RowJob(x, soft=soft, **job)
             self.denominator = float(x.shape[0])
-            keep = None
+            t = None
         else:
             t = _class_targets(xp, target, lead_shape, x.shape[1])
             # Checked before any row is read; the mean's denominator on the way,
             # and the targets and weights in the engine's form for the rows.
             self.spec = RowJob(x, target=t, ignore_index=ignore_index, **job)
             self.job, self.denominator = engine.targets(xp, self.spec)
-            keep = t != ignore_index
-        if self.sample_weight is not None:
-            self.denominator = weighted_count(xp, self.sample_weight, keep, w,
-                                               None if keep is None else t)
+        if self.sample_weight is not None:  # the rows kept: only needed here
+            keep = None if t is None else t != ignore_index
+            self.denominator = weighted_count(xp, self.sample_weight, keep, w, t)
         self.xp, self.engine, self.input = xp, engine, input
         self.reduction, self.axis, self.lead_shape = reduction, ax, lead_shape
 
