@@ -1,14 +1,17 @@
 /*
  * Rows of 16-bit logits (float16, bfloat16) for one instruction set.
  *
- * A chunk of rows (at most 64 KiB of float32, or one row: dispatch.c's
- * chunks) is widened into the calling thread's scratch, the float32 row
- * kernel of the same ISA runs on it (a second result in place, in the
- * scratch) and that result is narrowed back into `out`, rounded to nearest
- * even. So the half-precision rows take the float32 kernel whole, with its
- * float32 accuracy; the logits are read from memory once, as 16-bit values,
- * and the scratch stays in the core's cache. Compiled with the flags of
- * row_kernels.c (meson.build), plus F16C where the ISA has it.
+ * Rows of up to XENTC_SCRATCH_C classes: a chunk of them (dispatch.c's
+ * chunks, at most 64 KiB of float32) is widened into the calling thread's
+ * scratch and the float32 row kernel of the same ISA runs on it. Longer
+ * rows go one at a time to the kernel's long-row path, which widens each
+ * block into one row of scratch as it streams in (xentc_long_row16). Either
+ * way a second result is written in place, in the scratch, and narrowed
+ * back into `out`, rounded to nearest even. So the half-precision rows take
+ * the float32 kernel whole, with its float32 accuracy; the logits are read
+ * from memory once, as 16-bit values, and the scratch stays in the core's
+ * cache. Compiled with the flags of row_kernels.c (meson.build), plus F16C
+ * where the ISA has it.
  *
  * The 16-bit arrays may sit at any byte address: every access is a memcpy
  * or an unaligned vector load, never a typed uint16_t dereference.
@@ -49,13 +52,9 @@ static void half_rows(const xentc_rows *r, int64_t i0, int64_t i1, void *scratch
     sub.out_stride = sub.x_stride;
     if (long_rows) {
         for (int64_t i = 0; i < n; i++) {
-            const char *const xi = x + 2 * i * r->x_stride;
-            const int64_t y = sub.target ? sub.target[i] : -1;
-            if (y >= 0 && y < C) /* the kernel reads z[y] before the row */
-                widen(xi + 2 * y, xs + y, 1, bf16);
             if (q)
                 widen(q + 2 * i * r->soft_stride, qs, C, bf16);
-            XENTC_ISA_FN(xentc_long_row16_f32)(&sub, i, xi, bf16);
+            XENTC_ISA_FN(xentc_long_row16_f32)(&sub, i, x + 2 * i * r->x_stride, bf16);
             if (sub.out)
                 narrow(xs, (char *)r->out + 2 * (i0 + i) * r->out_stride, C, bf16);
         }

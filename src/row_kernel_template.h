@@ -753,9 +753,8 @@ static inline __attribute__((always_inline)) double XENTC_FN(zmax)(const XENTC_F
 static inline TYPE XENTC_FN(stream_max)(const XENTC_FN(row_ctx) *c, int64_t b, int64_t n)
 {
 #ifdef XENTC_HALF_ROWS
-    if (c->x16) {
+    if (c->x16)
         widen(c->x16 + 2 * b, (TYPE *)c->x + b, n, c->bf16);
-    }
 #endif
     return XENTC_FN(block_max)(c->x + b, n);
 }
@@ -918,11 +917,16 @@ static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n, int drop_ones)
     }
 }
 
-/* Max of a short row, a vector at a time from 32 logits on (NaN skipped,
-   as max() does; a row of NaN or -inf gives -inf). */
+/* Short rows of fewer logits than this take four scalar chains for their
+   max and sum: below it the vector lanes' reduction costs more (AVX2, 17
+   classes: twice the time). */
+#define SHORT_VEC_MIN ((int64_t)32)
+
+/* Max of a short row, a vector at a time from SHORT_VEC_MIN logits on (NaN
+   skipped, as max() does; a row of NaN or -inf gives -inf). */
 static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
 {
-    if (n < 32) { /* four scalar chains: less than the lanes' reduction */
+    if (n < SHORT_VEC_MIN) { /* four chains hide the compares' latency */
         TYPE m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
         int64_t k = 0;
         for (; k + 4 <= n; k += 4)
@@ -951,7 +955,7 @@ static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
    ones apart, a float sum of the rest keeps its relative precision. */
 static inline double XENTC_FN(short_excess)(const TYPE *p, int64_t n, int64_t ones)
 {
-    if (n < 32) { /* as short_max */
+    if (n < SHORT_VEC_MIN) { /* as short_max */
         TYPE s[4] = {0, 0, 0, 0};
         int64_t k = 0;
         for (; k + 4 <= n; k += 4)
@@ -1315,9 +1319,12 @@ static void XENTC_FN(plain_rows)(const xentc_rows *r, int64_t i0, int64_t i1)
 #ifdef XENTC_HALF_ROWS
 /* Row i of 16-bit logits x16 (more than XENTC_SCRATCH_C of them), whose
    float32 row r describes (half_rows.c): x and out one row of the thread's
-   scratch, which the row's first read fills, x[y] already there. */
+   scratch, which the row's first read fills. */
 void XENTC_FN(xentc_long_row16)(const xentc_rows *r, int64_t i, const void *x16, int bf16)
 {
+    const int64_t y = r->target ? r->target[i] : -1;
+    if (y >= 0 && y < r->n_classes) /* begin() reads z[y] before the row streams in */
+        widen((const char *)x16 + 2 * y, (TYPE *)r->x + i * r->x_stride + y, 1, bf16);
     XENTC_FN(long_row)(r, i, x16, bf16);
 }
 #endif
@@ -1412,6 +1419,7 @@ void XENTC_FN(xentc_proba)(const xentc_proba *pr, int64_t i0, int64_t i1, double
 #undef NL
 #undef BLOCK
 #undef SHORT_C
+#undef SHORT_VEC_MIN
 #undef SHORT_BUF
 #undef SHORT_ROWS
 #undef NARROW_C

@@ -606,10 +606,11 @@ def _special_long_rows(rng, n_classes):
 @pytest.mark.parametrize("opts", [{}, dict(label_smoothing=0.1), dict(logit_scale=0.7),
                                   dict(softcap=15.0, lse_square_scale=1e-3)],
                          ids=["plain", "smoothing", "scale", "softcap"])
-def test_half_long_rows_match_widened_rows(monkeypatch, half, n_classes, opts, rng):
+def test_half_long_rows_match_widened_rows(monkeypatch, half, n_classes, opts, isa, rng):
     # The C core widens long 16-bit rows a block at a time as they stream in;
     # the CPU engine's Python path widens whole rows first. Both run the same
-    # float32 kernel, so every loss, lse and gradient must match bit for bit.
+    # float32 kernel of each ISA in turn, so every loss, lse and gradient must
+    # match bit for bit.
     from xentc._engines import cpu
 
     x = torch.from_numpy(_special_long_rows(rng, n_classes)).to(getattr(torch, half))
