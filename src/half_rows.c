@@ -23,6 +23,20 @@
 #define XENTC_CAT(a, b) XENTC_CAT_(a, b)
 #define XENTC_ISA_FN(name) XENTC_CAT(name, XENTC_ISA)
 
+/* n rows of C 16-bit values, `stride` apart, into n * C floats at dst.
+   Contiguous rows are one run: a row of a few classes alone would be
+   mostly a scalar tail. */
+static void widen_rows(const char *src, int64_t stride, float *dst, int64_t n, int64_t C,
+                       int bf16)
+{
+    if (stride == C) {
+        widen(src, dst, n * C, bf16);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        widen(src + 2 * i * stride, dst + i * C, C, bf16);
+}
+
 /* Rows [i0, i1) of 16-bit x / soft / out (loss, lse, weight and
    grad_row_scale float32) through the float32 kernel, on `scratch`
    (row_kernels.h: XENTC_HALF_SCRATCH). */
@@ -60,15 +74,18 @@ static void half_rows(const xentc_rows *r, int64_t i0, int64_t i1, void *scratch
         }
         return;
     }
-    for (int64_t i = 0; i < n; i++) {
-        widen(x + 2 * i * r->x_stride, xs + i * C, C, bf16);
-        if (q)
-            widen(q + 2 * i * r->soft_stride, qs + i * C, C, bf16);
-    }
+    widen_rows(x, r->x_stride, xs, n, C, bf16);
+    if (q)
+        widen_rows(q, r->soft_stride, qs, n, C, bf16);
     XENTC_ISA_FN(xentc_rows_f32)(&sub, 0, n, ts);
-    if (sub.out)
-        for (int64_t i = 0; i < n; i++)
-            narrow(xs + i * C, (char *)r->out + 2 * (i0 + i) * r->out_stride, C, bf16);
+    if (sub.out) {
+        char *const out = (char *)r->out + 2 * i0 * r->out_stride;
+        if (r->out_stride == C) /* one run of full vectors, as in widen_rows */
+            narrow(xs, out, n * C, bf16);
+        else
+            for (int64_t i = 0; i < n; i++)
+                narrow(xs + i * C, out + 2 * i * r->out_stride, C, bf16);
+    }
 }
 
 void XENTC_ISA_FN(xentc_widen16)(const void *in, float *out, int64_t n, int bf16)

@@ -632,3 +632,46 @@ def test_half_long_rows_match_widened_rows(monkeypatch, half, n_classes, opts, i
     for got, want in zip(fused, calls()):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n_classes", [3, 10, 64])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_half_short_rows_match_widened_rows(monkeypatch, half, n_classes, strided, isa, rng):
+    # Short 16-bit rows are widened a chunk at a time, as one run when they
+    # are contiguous and row by row when not; logits, soft targets and `out`
+    # are strided views of wider arrays in the second case. The CPU engine's
+    # Python path widens first: both must match bit for bit.
+    from xentc._engines import cpu
+
+    def rows(a):  # a view whose rows are 5 values longer than its classes
+        if not strided:
+            return a
+        wide = torch.full((a.shape[0], n_classes + 5), 7.0, dtype=a.dtype)
+        wide[:, :n_classes] = a
+        return wide[:, :n_classes]
+
+    n = 2000  # several of the C core's chunks, so rows at chunk ends too
+    x32 = make_logits(rng, (n, n_classes), np.float32)
+    x32[1, n_classes - 1] = np.inf
+    x32[2, 0] = np.nan
+    x32[3] = -np.inf
+    x = rows(torch.from_numpy(x32).to(getattr(torch, half)))
+    t = torch.from_numpy(make_targets(rng, (n,), n_classes))
+    t[4] = -100
+    q = rows(torch.softmax(torch.from_numpy(make_logits(rng, (n, n_classes), np.float32)), 1)
+             .to(x.dtype))
+
+    def calls():
+        yield xentc.cross_entropy_with_grad(x, t, reduction="none", return_lse=True,
+                                            label_smoothing=0.1)
+        yield xentc.cross_entropy_with_grad(x, q, reduction="none")
+        out = rows(torch.zeros(x.shape, dtype=x.dtype))
+        yield xentc.cross_entropy_with_grad(x, t, out=out, reduction="sum", logit_scale=0.7)
+        assert not strided or not out.is_contiguous()
+
+    fused = [r for r in calls()]
+    monkeypatch.setattr(cpu, "_bits", lambda a: None)
+    for got, want in zip(fused, calls()):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
