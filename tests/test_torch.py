@@ -321,6 +321,28 @@ def test_soft_target_requiring_grad_refused(backend, rng):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_negative_views_read_as_their_values(dtype, rng):
+    """torch's lazy negation (a view with the negative bit) exports its memory
+    through DLPack without the sign: xentc reads the values the tensor holds.
+    An `out` of that kind, whose memory does not hold its values, is refused."""
+    x = torch.from_numpy(make_logits(rng, (5, 7), np.float32)).to(dtype)
+    t = torch.from_numpy(make_targets(rng, (5,), 7))
+    w = torch.from_numpy(make_weight(rng, 7, np.float32)).to(dtype)
+    q = torch.softmax(-x.float(), 1).to(dtype)
+    neg = torch._neg_view
+    assert neg(x).is_neg()
+    for got, want in [
+        (xentc.cross_entropy_with_grad(neg(x), t, weight=neg(-w)),
+         xentc.cross_entropy_with_grad(-x, t, weight=w)),
+        (xentc.cross_entropy_with_grad(x, neg(-q)), xentc.cross_entropy_with_grad(x, q)),
+    ]:
+        for g, wt in zip(got, want):
+            torch.testing.assert_close(g, wt, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`out` is a negative"):
+        xentc.cross_entropy_with_grad(x, t, out=neg(torch.zeros_like(x)))
+
+
 def test_module_has_torchs_constructor():
     """CrossEntropyLoss is an nn.Module whose constructor starts with exactly
     nn.CrossEntropyLoss's parameters (names, order, defaults); extras are keyword-only."""

@@ -63,10 +63,11 @@ def namespace(*arrays, optional=None, **named):
     given = [(f"argument {k + 1}", a) for k, a in enumerate(arrays) if a is not None]
     given += [(f"`{name}`", a) for name, a in named.items()]
     given += [(f"`{name}`", a) for name, a in (optional or {}).items() if a is not None]
-    # NumPy alone, the most common call, skips array_namespace's checks of
-    # every other library: a small call spends as long there as in C.
-    if given and all(type(a) is np.ndarray for _, a in given):
-        return _numpy_namespace()
+    # Arrays all of one type that was seen before skip array_namespace's
+    # checks of every library: a small call spends as long there as in C.
+    kind = type(given[0][1]) if given else None
+    if kind in _NAMESPACES and all(type(a) is kind for _, a in given):
+        return _NAMESPACES[kind]
     for name, a in named.items():
         if a is None or not (_is_opencl(a) or is_array_api_obj(a)):
             raise TypeError(f"`{name}` must be an array (NumPy, torch, JAX, CuPy, Dask, "
@@ -82,12 +83,15 @@ def namespace(*arrays, optional=None, **named):
                 f"pyopencl.array.to_device(queue, {name.strip('`')}) instead")
         return _engine("opencl").namespace(*(a for _, a in given))
     try:
-        return array_namespace(*(a for _, a in given))
+        xp = array_namespace(*(a for _, a in given))
     except TypeError as exc:
         better = _namespace_error(given)
         if better is None:
             raise
         raise better from exc
+    if kind.__module__.split(".")[0] in _BY_TYPE and all(type(a) is kind for _, a in given):
+        _NAMESPACES[kind] = xp
+    return xp
 
 
 def _type_name(a):
@@ -119,15 +123,19 @@ def _namespace_error(given):
         f"array{'s' if len(stray) > 1 else ''} too, e.g. {lib}.asarray({stray[0].strip('`')})")
 
 
-@functools.cache
-def _numpy_namespace():
-    return array_namespace(np.empty(0))
+# Libraries whose arrays' namespace is a function of their type alone, and
+# the namespaces found for such types so far.
+_BY_TYPE = ("numpy", "torch", "jax", "jaxlib", "cupy")
+_NAMESPACES = {}
 
 
 def device_of(xp, array):
     """A hashable key for the device of `array` (OpenCL ones start with "opencl:")."""
     if type(array) is np.ndarray:
         return "cpu"
+    torch = sys.modules.get("torch")
+    if torch is not None and type(array) is torch.Tensor:  # as _device gives it, sooner
+        return str(array.device)
     if _is_opencl(array):
         return _engine("opencl").device_key(array)
     return str(_device(array))
@@ -170,6 +178,23 @@ def to_numpy(array):
         return array.get()
     if "cpu" not in str(_device(array)).lower():
         array = to_device(array, "cpu")
+    return numpy_view(array)
+
+
+def numpy_view(array):
+    """A NumPy view of the CPU array `array`, sharing its memory (DLPack's)."""
+    if array is None or isinstance(array, np.ndarray):
+        return array
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(array, torch.Tensor):
+        # torch refuses to export a tensor that tracks grad (reading it is
+        # safe), and exports a negative or conjugate view's data without its
+        # bit: the values would come out negated.
+        array = array.detach().resolve_neg().resolve_conj()
+        try:
+            return array.numpy()  # the same view as DLPack's, in a tenth of its time
+        except TypeError:  # a dtype NumPy lacks (bfloat16)
+            pass
     return np.from_dlpack(array)
 
 

@@ -27,6 +27,7 @@ to install.
 """
 import numpy as np
 
+from .. import _dispatch
 from . import _opencl_array as ca
 from . import _opencl_runtime as rt
 from . import is_numpy
@@ -285,11 +286,7 @@ def _host_to_device(queue, xp, a, widen):
         return a
     if widen and xp.isdtype(a.dtype, "real floating"):
         a = xp.astype(a, xp.float32)
-    if not isinstance(a, np.ndarray):
-        if getattr(a, "requires_grad", False):  # torch exports only detached tensors
-            a = a.detach()
-        a = np.from_dlpack(a)
-    return rt.cla.to_device(queue, np.ascontiguousarray(a))
+    return rt.cla.to_device(queue, np.ascontiguousarray(_dispatch.numpy_view(a)))
 
 
 def _device_to_host(xp, a):
