@@ -2,7 +2,9 @@
  * float16 and bfloat16 to and from float32, for one instruction set: exact
  * widening, narrowing rounded to nearest even. Shared by half_rows.c (rows
  * widened a chunk at a time) and row_kernels.c (long rows widened a block at
- * a time as they stream in). F16C where the build has it.
+ * a time as they stream in). F16C or AVX-512 where the build has them; on
+ * aarch64, NEON's float16 conversions (ARMv8's base, rounding as FPCR says:
+ * to nearest even unless a caller changed it).
  *
  * The 16-bit arrays may sit at any byte address: every access is a memcpy
  * or an unaligned vector load, never a typed uint16_t dereference.
@@ -15,6 +17,8 @@
 
 #if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 static inline float bits_f32(uint32_t u)
@@ -124,6 +128,13 @@ static inline void widen(const char *src, float *dst, int64_t n, int bf16)
 #if defined(__F16C__)
     for (; j + 8 <= n; j += 8)
         _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * j))));
+#elif defined(__aarch64__)
+    for (; j + 8 <= n; j += 8) {
+        float16x8_t h;
+        memcpy(&h, src + 2 * j, sizeof h);
+        vst1q_f32(dst + j, vcvt_f32_f16(vget_low_f16(h)));
+        vst1q_f32(dst + j + 4, vcvt_high_f32_f16(h));
+    }
 #endif
     for (; j < n; j++)
         dst[j] = f16_f32(load16(src + 2 * j));
@@ -154,6 +165,12 @@ static inline void narrow(const float *src, char *dst, int64_t n, int bf16)
         _mm_storeu_si128((__m128i *)(dst + 2 * j),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + j),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__aarch64__)
+    for (; j + 8 <= n; j += 8) {
+        const float16x8_t h = vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(src + j)),
+                                                vld1q_f32(src + j + 4));
+        memcpy(dst + 2 * j, &h, sizeof h);
+    }
 #endif
     for (; j < n; j++) {
         const uint16_t h = f32_f16(src[j]);
