@@ -719,9 +719,8 @@ static inline __attribute__((always_inline)) void XENTC_FN(row_sums)(const XENTC
                                       double m, xentc_sums *acc, TYPE *store)
 {
     const TYPE *w = c->w ? c->w + b : NULL, *q = c->q ? c->q + b : NULL;
-    /* The logits 4 KiB on in memory: the next block of the row's own, or of
-       16-bit ones the block after next (one block on, 2 KiB, came too late:
-       7% slower from memory on Zen 4, 2048x32000 bfloat16; 8 KiB on, 5%). */
+    /* The logits 4 KiB on in memory, whatever their width: the next block
+       of the row's own, or of 16-bit ones the block after next. */
     const char *const ahead = c->x16 ? c->x16 + 2 * (b + 2 * BLOCK) : (const char *)(c->x + b + BLOCK);
     const int size = c->x16 ? 2 : (int)sizeof(TYPE);
     /* One call per transform, each compiled without the others' tests. */
