@@ -23,18 +23,21 @@
 #define XENTC_CAT(a, b) XENTC_CAT_(a, b)
 #define XENTC_ISA_FN(name) XENTC_CAT(name, XENTC_ISA)
 
-/* n rows of C 16-bit values, `stride` apart, into n * C floats at dst.
-   Contiguous rows are one run: a row of a few classes alone would be
-   mostly a scalar tail. */
-static void widen_rows(const char *src, int64_t stride, float *dst, int64_t n, int64_t C,
-                       int bf16)
+/* n rows of C values between 16-bit rows `stride` apart at h (any
+   alignment) and n * C contiguous floats at f: h widened into f, or with
+   `back`, f narrowed into h. Contiguous rows are one run: a row of a few
+   classes alone would be mostly a scalar tail. */
+static void convert_rows(char *h, int64_t stride, float *f, int64_t n, int64_t C, int bf16,
+                         int back)
 {
-    if (stride == C) {
-        widen(src, dst, n * C, bf16);
-        return;
+    const int one_run = stride == C;
+    const int64_t runs = one_run ? 1 : n, len = one_run ? n * C : C;
+    for (int64_t i = 0; i < runs; i++) {
+        if (back)
+            narrow(f + i * C, h + 2 * i * stride, len, bf16);
+        else
+            widen(h + 2 * i * stride, f + i * C, len, bf16);
     }
-    for (int64_t i = 0; i < n; i++)
-        widen(src + 2 * i * stride, dst + i * C, C, bf16);
 }
 
 /* Rows [i0, i1) of 16-bit x / soft / out (loss, lse, weight and
@@ -74,18 +77,13 @@ static void half_rows(const xentc_rows *r, int64_t i0, int64_t i1, void *scratch
         }
         return;
     }
-    widen_rows(x, r->x_stride, xs, n, C, bf16);
+    /* the 16-bit inputs are only read: convert_rows writes h only back */
+    convert_rows((char *)x, r->x_stride, xs, n, C, bf16, 0);
     if (q)
-        widen_rows(q, r->soft_stride, qs, n, C, bf16);
+        convert_rows((char *)q, r->soft_stride, qs, n, C, bf16, 0);
     XENTC_ISA_FN(xentc_rows_f32)(&sub, 0, n, ts);
-    if (sub.out) {
-        char *const out = (char *)r->out + 2 * i0 * r->out_stride;
-        if (r->out_stride == C) /* one run of full vectors, as in widen_rows */
-            narrow(xs, out, n * C, bf16);
-        else
-            for (int64_t i = 0; i < n; i++)
-                narrow(xs + i * C, out + 2 * i * r->out_stride, C, bf16);
-    }
+    if (sub.out)
+        convert_rows((char *)r->out + 2 * i0 * r->out_stride, r->out_stride, xs, n, C, bf16, 1);
 }
 
 void XENTC_ISA_FN(xentc_widen16)(const void *in, float *out, int64_t n, int bf16)

@@ -923,32 +923,22 @@ static void XENTC_FN(exp_buffer)(TYPE *buf, int64_t n, int drop_ones)
    classes: twice the time). */
 #define SHORT_VEC_MIN ((int64_t)32)
 
-/* Max of a short row, a vector at a time from SHORT_VEC_MIN logits on (NaN
+/* Max of a short row, from SHORT_VEC_MIN logits on as a block's (NaN
    skipped, as max() does; a row of NaN or -inf gives -inf). */
 static inline TYPE XENTC_FN(short_max)(const TYPE *x, int64_t n)
 {
-    if (n < SHORT_VEC_MIN) { /* four chains hide the compares' latency */
-        TYPE m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        int64_t k = 0;
-        for (; k + 4 <= n; k += 4)
-            for (int u = 0; u < 4; u++)
-                m[u] = x[k + u] > m[u] ? x[k + u] : m[u];
-        for (; k < n; k++)
-            m[0] = x[k] > m[0] ? x[k] : m[0];
-        m[0] = m[1] > m[0] ? m[1] : m[0];
-        m[2] = m[3] > m[2] ? m[3] : m[2];
-        return m[2] > m[0] ? m[2] : m[0];
-    }
-    VT m = XENTC_FN(splat)(-INFINITY);
-    int64_t k = 0;
-    for (; k + NL <= n; k += NL)
-        m = XENTC_FN(max)(XENTC_FN(load)(x + k), m);
-    TYPE r = m[0];
-    for (int64_t l = 1; l < NL; l++)
-        r = m[l] > r ? m[l] : r;
-    for (; k < n; k++) /* the tail in scalars: no partial vector to assemble */
-        r = x[k] > r ? x[k] : r;
-    return r;
+    if (n >= SHORT_VEC_MIN)
+        return XENTC_FN(block_max)(x, n);
+    TYPE m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}; /* four chains hide the */
+    int64_t k = 0;                                            /* compares' latency */
+    for (; k + 4 <= n; k += 4)
+        for (int u = 0; u < 4; u++)
+            m[u] = x[k + u] > m[u] ? x[k + u] : m[u];
+    for (; k < n; k++)
+        m[0] = x[k] > m[0] ? x[k] : m[0];
+    m[0] = m[1] > m[0] ? m[1] : m[0];
+    m[2] = m[3] > m[2] ? m[3] : m[2];
+    return m[2] > m[0] ? m[2] : m[0];
 }
 
 /* sum exp(x - m) - 1 of a short row from its `ones` exact maxima and the
